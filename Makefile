@@ -1,0 +1,56 @@
+# retryd developer tasks. Tools are pinned (go.mod tool directives, the buf
+# version below) and installed into the git-ignored .tools folder.
+SHELL := /bin/bash
+TOOLS := $(CURDIR)/.tools
+BUF_VERSION := 1.75.0
+BUF := $(TOOLS)/node_modules/.bin/buf
+GRPCURL_VERSION := v1.9.3
+GRPCURL := $(TOOLS)/bin/grpcurl
+
+.PHONY: all tools generate check-generated lint test test-go test-python run build bench clean
+
+all: build
+
+$(BUF):
+	npm install --silent --no-save --no-audit --no-fund --prefix $(TOOLS) @bufbuild/buf@$(BUF_VERSION)
+
+$(TOOLS)/bin/protoc-gen-go $(TOOLS)/bin/protoc-gen-go-grpc: go.mod
+	GOBIN=$(TOOLS)/bin go install google.golang.org/protobuf/cmd/protoc-gen-go google.golang.org/grpc/cmd/protoc-gen-go-grpc
+
+$(GRPCURL):
+	GOBIN=$(TOOLS)/bin go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
+
+tools: $(BUF) $(TOOLS)/bin/protoc-gen-go $(TOOLS)/bin/protoc-gen-go-grpc $(GRPCURL)
+
+## generate: regenerate gen/ from proto/
+generate: $(BUF) $(TOOLS)/bin/protoc-gen-go $(TOOLS)/bin/protoc-gen-go-grpc
+	$(BUF) generate
+
+## check-generated: fail when the committed generated code is stale
+check-generated: generate
+	@git diff --exit-code --stat -- gen || { echo "gen/ is stale: run 'make generate' and commit"; exit 1; }
+	@test -z "$$(git status --porcelain -- gen)" || { git status --porcelain -- gen; echo "gen/ has untracked files: run 'make generate' and commit"; exit 1; }
+
+## lint: buf lint, gofmt, go vet
+lint: $(BUF)
+	$(BUF) lint
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '^gen/'))" || { gofmt -l $$(git ls-files '*.go' | grep -v '^gen/'); echo "gofmt needed"; exit 1; }
+	go vet ./...
+
+## test: everything CI runs (installs redis-server if missing)
+test: deps lint check-generated tools
+	RETRYD_GRPCURL=$(GRPCURL) go test -race -count=1 ./...
+
+## deps: Debian packages the tests need
+deps:
+	@./.ci/debian-deps
+
+## run: start retryd with the embedded store (or RETRYD_REDIS_URL)
+run:
+	go run ./cmd/retryd
+
+build:
+	go build -o bin/retryd ./cmd/retryd
+
+clean:
+	rm -rf bin
