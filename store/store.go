@@ -129,6 +129,13 @@ type Store interface {
 	// Counters are kept per hour; Since is rounded down to the hour.
 	Stats(ctx context.Context, q StatsQuery) ([]PhaseStats, error)
 
+	// Expire deletes terminal jobs (failed, completed, canceled, with their
+	// attempts) last updated before now minus the backend's job retention,
+	// and stats counters older than its stats retention, so that neither
+	// grows without bound. It returns how many jobs it removed. The
+	// scheduler's janitor calls it periodically.
+	Expire(ctx context.Context, now time.Time) (int, error)
+
 	// Ping reports whether the backend answers.
 	Ping(ctx context.Context) error
 	// Close releases the backend. The store is unusable afterwards.
@@ -399,3 +406,11 @@ type PhaseStats struct {
 
 // StatsBucket is the resolution of the stats counters.
 const StatsBucket = time.Hour
+
+// Retention defaults shared by both backends: terminal jobs are kept a day
+// longer than the default 7-day stats window so that a week's failed jobs
+// can still be inspected and re-driven; hourly counters are kept 30 days.
+const (
+	DefaultJobRetention   = 8 * 24 * time.Hour
+	DefaultStatsRetention = 30 * 24 * time.Hour
+)
