@@ -25,6 +25,7 @@ tools: $(BUF) $(TOOLS)/bin/protoc-gen-go $(TOOLS)/bin/protoc-gen-go-grpc $(GRPCU
 ## generate: regenerate gen/ from proto/
 generate: $(BUF) $(TOOLS)/bin/protoc-gen-go $(TOOLS)/bin/protoc-gen-go-grpc
 	$(BUF) generate
+	@if [ -f buf.gen.python.yaml ]; then $(BUF) generate --template buf.gen.python.yaml; fi
 
 ## check-generated: fail when the committed generated code is stale
 check-generated: generate
