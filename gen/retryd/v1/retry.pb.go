@@ -638,7 +638,7 @@ type ExtendLeaseRequest struct {
 	JobId string `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
 	// The lease from the task.
 	LeaseId string `protobuf:"bytes,2,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
-	// How long from now the lease should last; 0 means the lease's original duration.
+	// How long from now the lease should last; 0 means the server's default lease duration (--lease-duration).
 	ExtendBy      *durationpb.Duration `protobuf:"bytes,3,opt,name=extend_by,json=extendBy,proto3" json:"extend_by,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
