@@ -414,3 +414,10 @@ const (
 	DefaultJobRetention   = 8 * 24 * time.Hour
 	DefaultStatsRetention = 30 * 24 * time.Hour
 )
+
+// BacklogCounter is implemented by stores that can count scheduled retries
+// per phase cheaply; the metrics endpoint exports it as retryd_backlog.
+type BacklogCounter interface {
+	// Backlog returns the number of scheduled (not leased) attempts per phase.
+	Backlog(ctx context.Context) (map[string]int64, error)
+}

@@ -1,0 +1,168 @@
+// Package metrics holds retryd's Prometheus collectors: the gRPC RPC metrics
+// of go-grpc-middleware and retryd's own (decisions, dispatch lag, backlog).
+package metrics
+
+import (
+	"context"
+	"net/http"
+	"sync"
+	"time"
+
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/retryd/retryd/store"
+)
+
+// maxErrorTypes bounds the error_type label: error types are the workers'
+// input, and an unbounded label would grow Prometheus without limit.
+const maxErrorTypes = 200
+
+// otherErrorType replaces error types seen after the first maxErrorTypes.
+const otherErrorType = "other"
+
+// Metrics are the collectors of one retryd process, on their own registry.
+type Metrics struct {
+	Registry *prometheus.Registry
+	// GRPC measures every RPC (go-grpc-middleware).
+	GRPC *grpcprom.ServerMetrics
+
+	retriesScheduled *prometheus.CounterVec
+	givenUp          *prometheus.CounterVec
+	successes        *prometheus.CounterVec
+	leasesExpired    *prometheus.CounterVec
+	dispatched       *prometheus.CounterVec
+	dispatchLag      *prometheus.HistogramVec
+	jobsExpired      prometheus.Counter
+
+	mu         sync.Mutex
+	errorTypes map[string]struct{}
+}
+
+// New builds and registers the collectors.
+func New() *Metrics {
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		GRPC: grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
+			grpcprom.WithHistogramBuckets([]float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}),
+		)),
+		retriesScheduled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "retryd_retries_scheduled_total",
+			Help: "Failed attempts for which a retry was scheduled, by phase and error type.",
+		}, []string{"phase", "error_type"}),
+		givenUp: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "retryd_given_up_total",
+			Help: "Failed attempts after which retryd gave up on the job, by phase and error type.",
+		}, []string{"phase", "error_type"}),
+		successes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "retryd_successes_total",
+			Help: "Successful attempts, by phase and whether the attempt was a retry.",
+		}, []string{"phase", "retry"}),
+		leasesExpired: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "retryd_leases_expired_total",
+			Help: "Dispatched attempts whose worker never reported before the lease expired, by phase.",
+		}, []string{"phase"}),
+		dispatched: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "retryd_dispatched_total",
+			Help: "Tasks sent down Dispatch streams, by phase.",
+		}, []string{"phase"}),
+		dispatchLag: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "retryd_dispatch_lag_seconds",
+			Help:    "Time from a retry's due time to the moment its task was sent to a worker.",
+			Buckets: []float64{.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 5, 30},
+		}, []string{"phase"}),
+		jobsExpired: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "retryd_jobs_expired_total",
+			Help: "Terminal jobs removed by the retention policy.",
+		}),
+		errorTypes: make(map[string]struct{}),
+	}
+	m.Registry.MustRegister(
+		m.GRPC, m.retriesScheduled, m.givenUp, m.successes, m.leasesExpired,
+		m.dispatched, m.dispatchLag, m.jobsExpired,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return m
+}
+
+// errorTypeLabel returns t, or "other" once maxErrorTypes distinct types were seen.
+func (m *Metrics) errorTypeLabel(t string) string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.errorTypes[t]; ok {
+		return t
+	}
+	if len(m.errorTypes) >= maxErrorTypes {
+		return otherErrorType
+	}
+	m.errorTypes[t] = struct{}{}
+	return t
+}
+
+// Decided counts a newly recorded failure by its verdict.
+func (m *Metrics) Decided(phase, errorType string, d store.Decision) {
+	label := m.errorTypeLabel(errorType)
+	if d == store.DecisionRetry {
+		m.retriesScheduled.WithLabelValues(phase, label).Inc()
+	} else {
+		m.givenUp.WithLabelValues(phase, label).Inc()
+	}
+}
+
+// Succeeded counts a newly recorded success.
+func (m *Metrics) Succeeded(phase string, retryCount uint32) {
+	retry := "false"
+	if retryCount > 0 {
+		retry = "true"
+	}
+	m.successes.WithLabelValues(phase, retry).Inc()
+}
+
+// LeaseExpired counts a lease the reaper recorded as a failed attempt.
+func (m *Metrics) LeaseExpired(phase string) { m.leasesExpired.WithLabelValues(phase).Inc() }
+
+// Sent records a task sent to a worker and its dispatch lag.
+func (m *Metrics) Sent(phase string, dueAt, sentAt time.Time) {
+	m.dispatched.WithLabelValues(phase).Inc()
+	m.dispatchLag.WithLabelValues(phase).Observe(max(sentAt.Sub(dueAt), 0).Seconds())
+}
+
+// JobsExpired counts jobs removed by retention.
+func (m *Metrics) JobsExpired(n int) { m.jobsExpired.Add(float64(n)) }
+
+// RegisterBacklog exports the number of scheduled retries per phase, read
+// from the store at scrape time, when the store can count them.
+func (m *Metrics) RegisterBacklog(s store.Store) {
+	bc, ok := s.(store.BacklogCounter)
+	if !ok {
+		return
+	}
+	m.Registry.MustRegister(&backlogCollector{store: bc})
+}
+
+// Handler serves the registry in the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry})
+}
+
+var backlogDesc = prometheus.NewDesc("retryd_backlog",
+	"Retries scheduled and not yet dispatched, by phase (all replicas).", []string{"phase"}, nil)
+
+type backlogCollector struct{ store store.BacklogCounter }
+
+func (c *backlogCollector) Describe(ch chan<- *prometheus.Desc) { ch <- backlogDesc }
+
+func (c *backlogCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	counts, err := c.store.Backlog(ctx)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(backlogDesc, err)
+		return
+	}
+	for phase, n := range counts {
+		ch <- prometheus.MustNewConstMetric(backlogDesc, prometheus.GaugeValue, float64(n), phase)
+	}
+}

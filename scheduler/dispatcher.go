@@ -1,0 +1,486 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+
+	"github.com/retryd/retryd/store"
+)
+
+// DispatcherConfig configures a Dispatcher.
+type DispatcherConfig struct {
+	// Store holds the schedule. Required.
+	Store store.Store
+	// Clock drives every wake-up and every "now". Defaults to the real clock.
+	Clock clockwork.Clock
+	// Logger receives claim and store errors. Defaults to slog.Default().
+	Logger *slog.Logger
+	// LeaseDuration is how long a task stays leased when the subscriber does
+	// not ask for another duration. Defaults to 5 minutes.
+	LeaseDuration time.Duration
+	// MaxSleep bounds how long the loop trusts its computed wake-up without
+	// asking the store again. Wake-ups come from store events (including
+	// other replicas'); this is only the safety net for a lost event.
+	// Defaults to 2 seconds.
+	MaxSleep time.Duration
+	// RetryBackoff is the pause after a store error before trying again, so
+	// that an unreachable store does not turn the loop into a busy loop.
+	// Defaults to 250 milliseconds.
+	RetryBackoff time.Duration
+	// OnClaimed, when set, is called for every task handed to a
+	// subscription (metrics). It must not block.
+	OnClaimed func(t store.Task, now time.Time)
+}
+
+func (c *DispatcherConfig) setDefaults() error {
+	if c.Store == nil {
+		return errors.New("scheduler: DispatcherConfig.Store is required")
+	}
+	if c.Clock == nil {
+		c.Clock = clockwork.NewRealClock()
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.LeaseDuration == 0 {
+		c.LeaseDuration = 5 * time.Minute
+	}
+	if c.LeaseDuration < 0 {
+		return fmt.Errorf("scheduler: DispatcherConfig.LeaseDuration must be positive, got %v", c.LeaseDuration)
+	}
+	if c.MaxSleep <= 0 {
+		c.MaxSleep = 2 * time.Second
+	}
+	if c.RetryBackoff <= 0 {
+		c.RetryBackoff = 250 * time.Millisecond
+	}
+	return nil
+}
+
+// Dispatcher hands due retries to subscriptions (one per Dispatch stream).
+// It sleeps until the earliest due time of the phases that have a free
+// subscriber and wakes early on store events: a retry scheduled sooner (by
+// this process or another replica on the same Redis), or a lease released,
+// which frees room on the stream that held it.
+type Dispatcher struct {
+	cfg DispatcherConfig
+
+	wake chan struct{}
+
+	mu     sync.Mutex
+	subs   []*Subscription
+	next   int                      // round-robin start
+	leases map[string]*Subscription // lease id → holder, for unreported tasks
+	target time.Time                // the loop's current wake-up, zero when it waits for events only
+
+	lifecycle sync.Mutex
+	cancel    context.CancelFunc
+	done      chan struct{}
+	stopped   bool
+}
+
+// NewDispatcher checks the configuration and fills its defaults.
+func NewDispatcher(cfg DispatcherConfig) (*Dispatcher, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	return &Dispatcher{
+		cfg:    cfg,
+		wake:   make(chan struct{}, 1),
+		leases: make(map[string]*Subscription),
+	}, nil
+}
+
+// Start subscribes to store events and starts the dispatch loop. It returns
+// once the event subscription is in place, so that no event is missed.
+func (d *Dispatcher) Start(ctx context.Context) error {
+	d.lifecycle.Lock()
+	defer d.lifecycle.Unlock()
+	if d.stopped {
+		return errors.New("scheduler: dispatcher already stopped")
+	}
+	if d.cancel != nil {
+		return errors.New("scheduler: dispatcher already started")
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	events, err := d.cfg.Store.Subscribe(ctx)
+	if err != nil {
+		cancel()
+		return fmt.Errorf("subscribe to store events: %w", err)
+	}
+	d.cancel = cancel
+	d.done = make(chan struct{})
+	go d.loop(ctx, events)
+	return nil
+}
+
+// Stop ends the loop and every subscription: their streams end, and tasks
+// claimed but not yet sent go back to the schedule. Idempotent; safe before
+// Start.
+func (d *Dispatcher) Stop() {
+	d.lifecycle.Lock()
+	d.stopped = true
+	cancel, done := d.cancel, d.done
+	d.lifecycle.Unlock()
+	if cancel != nil {
+		cancel()
+		<-done
+	}
+	d.mu.Lock()
+	subs := slices.Clone(d.subs)
+	d.mu.Unlock()
+	for _, s := range subs {
+		s.end()
+	}
+}
+
+// SubscribeRequest describes one Dispatch stream.
+type SubscribeRequest struct {
+	Phases      []string
+	WorkerID    string
+	MaxInFlight int
+	// LeaseFor overrides the configured lease duration when positive.
+	LeaseFor time.Duration
+}
+
+// Subscribe registers a stream. Tasks arrive on Tasks(); the caller must
+// call Close when the stream ends.
+func (d *Dispatcher) Subscribe(r SubscribeRequest) (*Subscription, error) {
+	if len(r.Phases) == 0 {
+		return nil, errors.New("scheduler: a subscription needs at least one phase")
+	}
+	if r.MaxInFlight <= 0 {
+		r.MaxInFlight = 1
+	}
+	if r.LeaseFor <= 0 {
+		r.LeaseFor = d.cfg.LeaseDuration
+	}
+	s := &Subscription{
+		d:        d,
+		phases:   slices.Clone(r.Phases),
+		workerID: r.WorkerID,
+		leaseFor: r.LeaseFor,
+		max:      r.MaxInFlight,
+		tasks:    make(chan store.Task, r.MaxInFlight),
+		ended:    make(chan struct{}),
+		leases:   make(map[string]struct{}),
+	}
+	d.lifecycle.Lock()
+	stopped := d.stopped
+	d.lifecycle.Unlock()
+	if stopped {
+		return nil, errors.New("scheduler: dispatcher is stopping")
+	}
+	d.mu.Lock()
+	d.subs = append(d.subs, s)
+	d.mu.Unlock()
+	d.poke()
+	return s, nil
+}
+
+// LeaseReleased tells the dispatcher that a lease ended (its report was
+// recorded), so the stream that held it has room again. The store's events
+// say the same, later; both are harmless together.
+func (d *Dispatcher) LeaseReleased(leaseID string) {
+	d.mu.Lock()
+	s, ok := d.leases[leaseID]
+	if ok {
+		delete(d.leases, leaseID)
+		delete(s.leases, leaseID)
+	}
+	d.mu.Unlock()
+	if ok {
+		d.poke()
+	}
+}
+
+// poke wakes the loop without blocking.
+func (d *Dispatcher) poke() {
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (d *Dispatcher) loop(ctx context.Context, events <-chan store.Event) {
+	defer close(d.done)
+	timer := d.cfg.Clock.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		d.dispatchDue(ctx)
+		wait, err := d.nextWake(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			d.cfg.Logger.Warn("dispatcher: reading the next due time failed", "err", err)
+			wait = d.cfg.RetryBackoff
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.Chan():
+			default:
+			}
+		}
+		timer.Reset(wait)
+		if !d.sleep(ctx, timer, events) {
+			return
+		}
+	}
+}
+
+// sleep waits for the timer, a poke or a relevant event. It reports false
+// when the loop must end.
+func (d *Dispatcher) sleep(ctx context.Context, timer clockwork.Timer, events <-chan store.Event) bool {
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-timer.Chan():
+			return true
+		case <-d.wake:
+			return true
+		case ev, ok := <-events:
+			if !ok {
+				return false
+			}
+			if d.handleEvent(ev) {
+				return true
+			}
+		}
+	}
+}
+
+// handleEvent applies an event and reports whether it should wake the loop.
+func (d *Dispatcher) handleEvent(ev store.Event) bool {
+	switch ev.Kind {
+	case store.EventLeaseReleased:
+		d.mu.Lock()
+		s, ok := d.leases[ev.LeaseID]
+		if ok {
+			delete(d.leases, ev.LeaseID)
+			delete(s.leases, ev.LeaseID)
+		}
+		d.mu.Unlock()
+		return ok
+	case store.EventScheduled:
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if !d.target.IsZero() && !ev.DueAt.Before(d.target) {
+			return false
+		}
+		for _, s := range d.subs {
+			if s.free() > 0 && slices.Contains(s.phases, ev.Phase) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// dispatchDue claims due tasks for every subscription with room, starting
+// the round at a different subscription each time so that streams of the
+// same phases share the work.
+func (d *Dispatcher) dispatchDue(ctx context.Context) {
+	d.mu.Lock()
+	n := len(d.subs)
+	order := make([]*Subscription, 0, n)
+	for i := range n {
+		order = append(order, d.subs[(d.next+i)%n])
+	}
+	if n > 0 {
+		d.next = (d.next + 1) % n
+	}
+	d.mu.Unlock()
+
+	for _, s := range order {
+		if ctx.Err() != nil {
+			return
+		}
+		d.mu.Lock()
+		room := s.free()
+		d.mu.Unlock()
+		if room == 0 {
+			continue
+		}
+		now := d.cfg.Clock.Now()
+		tasks, err := d.cfg.Store.Claim(ctx, store.ClaimRequest{
+			Phases:   s.phases,
+			Limit:    room,
+			Now:      now,
+			LeaseFor: s.leaseFor,
+			WorkerID: s.workerID,
+		})
+		if err != nil {
+			if ctx.Err() == nil {
+				d.cfg.Logger.Warn("dispatcher: claim failed", "phases", s.phases, "err", err)
+			}
+			return
+		}
+		for _, t := range tasks {
+			d.deliver(s, t, now)
+		}
+	}
+}
+
+// deliver hands a claimed task to its subscription, or gives it back when
+// the subscription ended meanwhile.
+func (d *Dispatcher) deliver(s *Subscription, t store.Task, now time.Time) {
+	d.mu.Lock()
+	if s.closed {
+		d.mu.Unlock()
+		s.giveBack(t)
+		return
+	}
+	s.leases[t.LeaseID] = struct{}{}
+	d.leases[t.LeaseID] = s
+	// Never blocks: the channel holds MaxInFlight and free() counted it.
+	s.tasks <- t
+	d.mu.Unlock()
+	if d.cfg.OnClaimed != nil {
+		d.cfg.OnClaimed(t, now)
+	}
+}
+
+// nextWake returns how long to sleep: until the earliest due time of the
+// phases with a free subscriber, at most MaxSleep.
+func (d *Dispatcher) nextWake(ctx context.Context) (time.Duration, error) {
+	d.mu.Lock()
+	var phases []string
+	for _, s := range d.subs {
+		if s.free() == 0 {
+			continue
+		}
+		for _, p := range s.phases {
+			if !slices.Contains(phases, p) {
+				phases = append(phases, p)
+			}
+		}
+	}
+	d.mu.Unlock()
+
+	wait := d.cfg.MaxSleep
+	target := time.Time{}
+	if len(phases) > 0 {
+		due, ok, err := d.cfg.Store.NextDue(ctx, phases)
+		if err != nil {
+			return 0, err
+		}
+		if ok {
+			until := d.cfg.Clock.Until(due)
+			if until < 0 {
+				until = 0
+			}
+			if until < wait {
+				wait = until
+				target = due
+			}
+		}
+	}
+	if target.IsZero() {
+		target = d.cfg.Clock.Now().Add(wait)
+	}
+	d.mu.Lock()
+	d.target = target
+	d.mu.Unlock()
+	return wait, nil
+}
+
+// Subscription is one Dispatch stream's view of the dispatcher.
+type Subscription struct {
+	d        *Dispatcher
+	phases   []string
+	workerID string
+	leaseFor time.Duration
+	max      int
+	tasks    chan store.Task
+	ended    chan struct{}
+	endOnce  sync.Once
+
+	// Guarded by d.mu.
+	leases map[string]struct{} // claimed and not yet reported
+	closed bool
+}
+
+// Tasks delivers claimed tasks; each is leased to this stream.
+func (s *Subscription) Tasks() <-chan store.Task { return s.tasks }
+
+// Ended is closed when the dispatcher stops: the stream should end.
+func (s *Subscription) Ended() <-chan struct{} { return s.ended }
+
+// LeaseFor is the lease duration of this stream's tasks.
+func (s *Subscription) LeaseFor() time.Duration { return s.leaseFor }
+
+// free is the room left under MaxInFlight. Callers hold d.mu.
+func (s *Subscription) free() int {
+	if s.closed {
+		return 0
+	}
+	return max(s.max-len(s.leases), 0)
+}
+
+func (s *Subscription) end() { s.endOnce.Do(func() { close(s.ended) }) }
+
+// Unsent gives back a task that could not be sent: it is scheduled again
+// at its due time without counting an attempt.
+func (s *Subscription) Unsent(t store.Task) {
+	s.d.mu.Lock()
+	delete(s.leases, t.LeaseID)
+	delete(s.d.leases, t.LeaseID)
+	s.d.mu.Unlock()
+	s.giveBack(t)
+	s.d.poke()
+}
+
+func (s *Subscription) giveBack(t store.Task) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.d.cfg.Store.ReturnLease(ctx, t.JobID, t.LeaseID); err != nil && !errors.Is(err, store.ErrLeaseNotHeld) {
+		// The lease stays and expires; the reaper then records the attempt
+		// as failed (LeaseExpired) and it is retried: nothing is lost.
+		s.d.cfg.Logger.Warn("dispatcher: returning an unsent task failed; it comes back when its lease expires",
+			"job_id", t.JobID, "lease_id", t.LeaseID, "err", err)
+	}
+}
+
+// Close unregisters the stream. Tasks claimed but not sent go back to the
+// schedule; tasks sent and not reported stay leased to the worker, which
+// may still report them (on any connection) until the lease expires.
+func (s *Subscription) Close() {
+	d := s.d
+	d.mu.Lock()
+	if s.closed {
+		d.mu.Unlock()
+		return
+	}
+	s.closed = true
+	d.subs = slices.DeleteFunc(d.subs, func(x *Subscription) bool { return x == s })
+	if d.next >= len(d.subs) {
+		d.next = 0
+	}
+	for id := range s.leases {
+		delete(d.leases, id)
+	}
+	var unsent []store.Task
+	for {
+		select {
+		case t := <-s.tasks:
+			unsent = append(unsent, t)
+			continue
+		default:
+		}
+		break
+	}
+	d.mu.Unlock()
+	s.end()
+	for _, t := range unsent {
+		s.giveBack(t)
+	}
+}

@@ -1,0 +1,264 @@
+package server
+
+import (
+	"context"
+	"log/slog"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	retrydv1 "github.com/retryd/retryd/gen/retryd/v1"
+	"github.com/retryd/retryd/scheduler"
+	"github.com/retryd/retryd/store"
+)
+
+// retryService implements retrydv1.RetryServiceServer: validate, decide,
+// apply, answer. It holds no storage logic.
+type retryService struct {
+	retrydv1.UnimplementedRetryServiceServer
+	*deps
+}
+
+func (s *retryService) ReportFailure(ctx context.Context, req *retrydv1.ReportFailureRequest) (*retrydv1.ReportFailureResponse, error) {
+	var v violations
+	v.jobID("job_id", req.GetJobId())
+	v.phase("phase", req.GetPhase(), true)
+	v.retryCount("retry_count", req.GetRetryCount())
+	switch et := req.GetErrorType(); {
+	case et == "":
+		v.add("error_type", "is required (the exception's class name)")
+	case len(et) > MaxErrorTypeBytes:
+		v.add("error_type", "is %d bytes, the limit is %d", len(et), MaxErrorTypeBytes)
+	case !printable(et):
+		v.add("error_type", "must be printable ASCII without spaces")
+	}
+	v.text("error_message", req.GetErrorMessage(), MaxErrorMessageBytes)
+	if hs := req.GetHttpStatus(); hs != 0 && (hs < 100 || hs > 599) {
+		v.add("http_status", "is %d, it must be 0 (none) or 100 to 599", hs)
+	}
+	v.labels("labels", req.GetLabels())
+	v.duration("retry_after", req.GetRetryAfter(), 0, MaxRetryAfter)
+	v.leaseID("lease_id", req.GetLeaseId())
+	v.timestamp("started_at", req.GetStartedAt())
+	payload := s.payload(&v, "payload", req.GetPayload())
+	if err := v.err(); err != nil {
+		return nil, err
+	}
+
+	now := s.clock.Now()
+	verdict := s.policy.Decide(scheduler.Report{
+		Phase:      req.GetPhase(),
+		RetryCount: req.GetRetryCount(),
+		ErrorType:  req.GetErrorType(),
+		HTTPStatus: req.GetHttpStatus(),
+		RetryAfter: req.GetRetryAfter().AsDuration(),
+	}, now)
+	res, err := s.store.RecordFailure(ctx, store.Failure{
+		JobID:        req.GetJobId(),
+		Phase:        req.GetPhase(),
+		RetryCount:   req.GetRetryCount(),
+		LeaseID:      req.GetLeaseId(),
+		ErrorType:    req.GetErrorType(),
+		ErrorMessage: req.GetErrorMessage(),
+		HTTPStatus:   req.GetHttpStatus(),
+		Payload:      payload,
+		Labels:       labelsOrNil(req.GetLabels()),
+		StartedAt:    tsOrZero(req.GetStartedAt()),
+		Now:          now,
+		Verdict:      verdict,
+	})
+	if err != nil {
+		return nil, storeError(ctx, s.log, "ReportFailure", err)
+	}
+	if !res.Duplicate {
+		s.metrics.Decided(req.GetPhase(), req.GetErrorType(), res.Verdict.Decision)
+		if req.GetLeaseId() != "" {
+			s.dispatcher.LeaseReleased(req.GetLeaseId())
+		}
+	}
+	return verdictToResponse(res.Verdict), nil
+}
+
+func (s *retryService) ReportSuccess(ctx context.Context, req *retrydv1.ReportSuccessRequest) (*retrydv1.ReportSuccessResponse, error) {
+	var v violations
+	v.jobID("job_id", req.GetJobId())
+	v.phase("phase", req.GetPhase(), true)
+	v.retryCount("retry_count", req.GetRetryCount())
+	v.leaseID("lease_id", req.GetLeaseId())
+	v.phase("next_phase", req.GetNextPhase(), false)
+	v.labels("labels", req.GetLabels())
+	v.timestamp("started_at", req.GetStartedAt())
+	output := s.payload(&v, "output", req.GetOutput())
+	nextPayload := s.payload(&v, "next_payload", req.GetNextPayload())
+	payload := s.payload(&v, "payload", req.GetPayload())
+	if req.GetNextPayload() != nil && req.GetNextPhase() == "" {
+		v.add("next_payload", "is only meaningful with next_phase")
+	}
+	if err := v.err(); err != nil {
+		return nil, err
+	}
+	res, err := s.store.RecordSuccess(ctx, store.Success{
+		JobID:       req.GetJobId(),
+		Phase:       req.GetPhase(),
+		RetryCount:  req.GetRetryCount(),
+		LeaseID:     req.GetLeaseId(),
+		NextPhase:   req.GetNextPhase(),
+		NextPayload: nextPayload,
+		Output:      output,
+		Payload:     payload,
+		Labels:      labelsOrNil(req.GetLabels()),
+		StartedAt:   tsOrZero(req.GetStartedAt()),
+		Now:         s.clock.Now(),
+	})
+	if err != nil {
+		return nil, storeError(ctx, s.log, "ReportSuccess", err)
+	}
+	if !res.Duplicate {
+		s.metrics.Succeeded(req.GetPhase(), req.GetRetryCount())
+		if req.GetLeaseId() != "" {
+			s.dispatcher.LeaseReleased(req.GetLeaseId())
+		}
+	}
+	return &retrydv1.ReportSuccessResponse{State: stateToProto(res.State)}, nil
+}
+
+func (s *retryService) ExtendLease(ctx context.Context, req *retrydv1.ExtendLeaseRequest) (*retrydv1.ExtendLeaseResponse, error) {
+	var v violations
+	v.jobID("job_id", req.GetJobId())
+	if req.GetLeaseId() == "" {
+		v.add("lease_id", "is required")
+	} else {
+		v.leaseID("lease_id", req.GetLeaseId())
+	}
+	v.duration("extend_by", req.GetExtendBy(), 0, MaxLeaseDuration)
+	if err := v.err(); err != nil {
+		return nil, err
+	}
+	by := req.GetExtendBy().AsDuration()
+	if by == 0 {
+		by = s.leaseDuration
+	}
+	now := s.clock.Now()
+	until, err := s.store.ExtendLease(ctx, req.GetJobId(), req.GetLeaseId(), now.Add(by), now)
+	if err != nil {
+		return nil, storeError(ctx, s.log, "ExtendLease", err)
+	}
+	return &retrydv1.ExtendLeaseResponse{LeaseExpiresAt: timestamppb.New(until)}, nil
+}
+
+// Dispatch subscribes the stream to the dispatcher and forwards its tasks,
+// with a heartbeat whenever the stream has been idle for a heartbeat
+// interval. A task that cannot be sent goes back to the schedule at once.
+func (s *retryService) Dispatch(req *retrydv1.DispatchRequest, stream retrydv1.RetryService_DispatchServer) error {
+	var v violations
+	switch n := len(req.GetPhases()); {
+	case n == 0:
+		v.add("phases", "at least one phase is required")
+	case n > MaxPhasesPerStream:
+		v.add("phases", "has %d phases, the limit is %d", n, MaxPhasesPerStream)
+	}
+	seen := make(map[string]bool)
+	for _, p := range req.GetPhases() {
+		v.phase("phases", p, true)
+		if seen[p] {
+			v.add("phases", "%q is listed twice", p)
+		}
+		seen[p] = true
+	}
+	if w := req.GetWorkerId(); len(w) > MaxWorkerIDBytes {
+		v.add("worker_id", "is %d bytes, the limit is %d", len(w), MaxWorkerIDBytes)
+	}
+	if req.GetMaxInFlight() > MaxInFlight {
+		v.add("max_in_flight", "is %d, the limit is %d", req.GetMaxInFlight(), MaxInFlight)
+	}
+	if req.GetLeaseDuration() != nil {
+		v.duration("lease_duration", req.GetLeaseDuration(), MinLeaseDuration, MaxLeaseDuration)
+	}
+	if err := v.err(); err != nil {
+		return err
+	}
+
+	sub, err := s.dispatcher.Subscribe(scheduler.SubscribeRequest{
+		Phases:      req.GetPhases(),
+		WorkerID:    req.GetWorkerId(),
+		MaxInFlight: int(req.GetMaxInFlight()),
+		LeaseFor:    req.GetLeaseDuration().AsDuration(),
+	})
+	if err != nil {
+		return status.Error(codes.Unavailable, "retryd is shutting down; reconnect to another replica")
+	}
+	defer sub.Close()
+	ctx := stream.Context()
+	s.log.DebugContext(ctx, "dispatch stream opened", "worker_id", req.GetWorkerId(), "phases", req.GetPhases())
+
+	heartbeat := s.clock.NewTimer(s.heartbeat)
+	defer heartbeat.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-sub.Ended():
+			return status.Error(codes.Unavailable, "retryd is shutting down; reconnect to another replica")
+		case <-heartbeat.Chan():
+			err := stream.Send(&retrydv1.DispatchResponse{Kind: &retrydv1.DispatchResponse_Heartbeat{
+				Heartbeat: &retrydv1.Heartbeat{SentAt: timestamppb.New(s.clock.Now())},
+			}})
+			if err != nil {
+				return err
+			}
+			heartbeat.Reset(s.heartbeat)
+		case t := <-sub.Tasks():
+			if err := s.send(ctx, stream, sub, t); err != nil {
+				return err
+			}
+			if !heartbeat.Stop() {
+				select {
+				case <-heartbeat.Chan():
+				default:
+				}
+			}
+			heartbeat.Reset(s.heartbeat)
+		}
+	}
+}
+
+func (s *retryService) send(ctx context.Context, stream retrydv1.RetryService_DispatchServer, sub *scheduler.Subscription, t store.Task) error {
+	pt, err := taskToProto(t)
+	if err != nil {
+		sub.Unsent(t)
+		s.log.ErrorContext(ctx, "stored payload does not decode", "job_id", t.JobID, "err", err)
+		return status.Error(codes.Internal, "internal error")
+	}
+	if err := stream.Send(&retrydv1.DispatchResponse{Kind: &retrydv1.DispatchResponse_Task{Task: pt}}); err != nil {
+		sub.Unsent(t)
+		return err
+	}
+	s.metrics.Sent(t.Phase, t.DueAt, s.clock.Now())
+	s.log.DebugContext(ctx, "task sent", slog.String("job_id", t.JobID), slog.String("phase", t.Phase),
+		slog.Uint64("retry_count", uint64(t.RetryCount)), slog.Duration("lag", s.clock.Since(t.DueAt)))
+	return nil
+}
+
+// payload encodes an optional Struct and checks it against the size limit.
+func (d *deps) payload(v *violations, field string, st *structpb.Struct) []byte {
+	b, err := encodeStruct(st)
+	if err != nil {
+		v.add(field, "does not encode: %v", err)
+		return nil
+	}
+	if len(b) > d.maxPayload {
+		v.add(field, "is %d bytes encoded, the limit is %d (--max-payload-bytes)", len(b), d.maxPayload)
+		return nil
+	}
+	return b
+}
+
+// labelsOrNil keeps "no labels sent" distinct from "replace with these".
+func labelsOrNil(m map[string]string) map[string]string {
+	if len(m) == 0 {
+		return nil
+	}
+	return m
+}

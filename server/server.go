@@ -1,0 +1,268 @@
+// Package server holds retryd's gRPC handlers and the gRPC server around
+// them: validation, conversion, and calls into the scheduler and the store,
+// with no storage logic of its own.
+package server
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"github.com/jonboulle/clockwork"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+
+	retrydv1 "github.com/retryd/retryd/gen/retryd/v1"
+	"github.com/retryd/retryd/internal/metrics"
+	"github.com/retryd/retryd/scheduler"
+	"github.com/retryd/retryd/store"
+)
+
+// Keepalive settings. The server pings an idle connection every
+// KeepaliveTime and drops it when the ping is not answered within
+// KeepaliveTimeout, so that a silently dead worker's stream ends; clients
+// may ping as often as KeepaliveMinTime, also without active streams.
+// Clients should set their keepalive time to at least KeepaliveMinTime.
+const (
+	KeepaliveTime    = 30 * time.Second
+	KeepaliveTimeout = 10 * time.Second
+	KeepaliveMinTime = 10 * time.Second
+)
+
+// Config holds what the server needs.
+type Config struct {
+	// Store is the storage backend. Required.
+	Store store.Store
+	// Policy decides failures. Required.
+	Policy *scheduler.Policy
+	// Dispatcher feeds Dispatch streams. Required.
+	Dispatcher *scheduler.Dispatcher
+	// Metrics receives RPC and decision metrics. Defaults to a fresh set.
+	Metrics *metrics.Metrics
+	// Clock gives "now" to every handler. Defaults to the real clock.
+	Clock clockwork.Clock
+	// Logger. Defaults to slog.Default().
+	Logger *slog.Logger
+	// LeaseDuration is ExtendLease's default extension. Defaults to 5 minutes.
+	LeaseDuration time.Duration
+	// HeartbeatInterval is the idle time after which a Dispatch stream gets
+	// a heartbeat. Defaults to 15 seconds.
+	HeartbeatInterval time.Duration
+	// MaxPayloadBytes bounds each encoded Struct in a request. Defaults to 256 KiB.
+	MaxPayloadBytes int
+	// HealthInterval is how often readiness is checked against the store.
+	// Defaults to 2 seconds.
+	HealthInterval time.Duration
+	// ServerOptions are appended to the gRPC server's options (TLS, auth).
+	ServerOptions []grpc.ServerOption
+}
+
+// deps is what every handler shares.
+type deps struct {
+	store         store.Store
+	policy        *scheduler.Policy
+	dispatcher    *scheduler.Dispatcher
+	metrics       *metrics.Metrics
+	clock         clockwork.Clock
+	log           *slog.Logger
+	leaseDuration time.Duration
+	heartbeat     time.Duration
+	maxPayload    int
+}
+
+// Server is retryd's gRPC server: both services, health and reflection.
+type Server struct {
+	deps           *deps
+	grpc           *grpc.Server
+	health         *health.Server
+	healthInterval time.Duration
+
+	mu       sync.Mutex
+	stopping bool
+	cancel   context.CancelFunc
+	done     chan struct{}
+}
+
+// New builds the server and registers every service.
+func New(cfg Config) (*Server, error) {
+	if cfg.Store == nil || cfg.Policy == nil || cfg.Dispatcher == nil {
+		return nil, errors.New("server: Config.Store, .Policy and .Dispatcher are required")
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = metrics.New()
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clockwork.NewRealClock()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.LeaseDuration <= 0 {
+		cfg.LeaseDuration = 5 * time.Minute
+	}
+	if cfg.HeartbeatInterval <= 0 {
+		cfg.HeartbeatInterval = 15 * time.Second
+	}
+	if cfg.MaxPayloadBytes <= 0 {
+		cfg.MaxPayloadBytes = 256 << 10
+	}
+	if cfg.HealthInterval <= 0 {
+		cfg.HealthInterval = 2 * time.Second
+	}
+	d := &deps{
+		store:         cfg.Store,
+		policy:        cfg.Policy,
+		dispatcher:    cfg.Dispatcher,
+		metrics:       cfg.Metrics,
+		clock:         cfg.Clock,
+		log:           cfg.Logger,
+		leaseDuration: cfg.LeaseDuration,
+		heartbeat:     cfg.HeartbeatInterval,
+		maxPayload:    cfg.MaxPayloadBytes,
+	}
+
+	logger := interceptorLogger(cfg.Logger)
+	logOpts := []logging.Option{logging.WithLogOnEvents(logging.FinishCall)}
+	recoveryOpts := []recovery.Option{recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
+		cfg.Logger.ErrorContext(ctx, "panic in a handler", "panic", p, "stack", string(debug.Stack()))
+		return status.Error(codes.Internal, "internal error")
+	})}
+	opts := []grpc.ServerOption{
+		// Read top to bottom: metrics see every call, logging sees every
+		// call with its final code, and recovery sits innermost so that a
+		// panic becomes an Internal status before logging and metrics
+		// record it (the panic text never reaches the client).
+		grpc.ChainUnaryInterceptor(
+			cfg.Metrics.GRPC.UnaryServerInterceptor(),
+			logging.UnaryServerInterceptor(logger, logOpts...),
+			recovery.UnaryServerInterceptor(recoveryOpts...),
+		),
+		grpc.ChainStreamInterceptor(
+			cfg.Metrics.GRPC.StreamServerInterceptor(),
+			logging.StreamServerInterceptor(logger, logOpts...),
+			recovery.StreamServerInterceptor(recoveryOpts...),
+		),
+		// A payload at the limit, plus the rest of a maximal request.
+		grpc.MaxRecvMsgSize(cfg.MaxPayloadBytes*3 + MaxErrorMessageBytes + 256<<10),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: KeepaliveTime, Timeout: KeepaliveTimeout}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: KeepaliveMinTime, PermitWithoutStream: true}),
+	}
+	opts = append(opts, cfg.ServerOptions...)
+	gs := grpc.NewServer(opts...)
+	retrydv1.RegisterRetryServiceServer(gs, &retryService{deps: d})
+	retrydv1.RegisterAdminServiceServer(gs, &adminService{deps: d})
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(gs, hs)
+	reflection.Register(gs)
+	cfg.Metrics.GRPC.InitializeMetrics(gs)
+	s := &Server{deps: d, grpc: gs, health: hs, healthInterval: cfg.HealthInterval}
+	s.setServing(false)
+	return s, nil
+}
+
+// interceptorLogger adapts slog to go-grpc-middleware's logging interface.
+func interceptorLogger(l *slog.Logger) logging.Logger {
+	return logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
+		l.Log(ctx, slog.Level(lvl), msg, fields...)
+	})
+}
+
+// services are the health service names reported: "" (the whole server)
+// and each retryd service.
+var services = []string{"", retrydv1.RetryService_ServiceDesc.ServiceName, retrydv1.AdminService_ServiceDesc.ServiceName}
+
+func (s *Server) setServing(ok bool) {
+	st := healthpb.HealthCheckResponse_NOT_SERVING
+	if ok {
+		st = healthpb.HealthCheckResponse_SERVING
+	}
+	for _, name := range services {
+		s.health.SetServingStatus(name, st)
+	}
+}
+
+// GRPC returns the underlying server (tests, extra services).
+func (s *Server) GRPC() *grpc.Server { return s.grpc }
+
+// Serve checks readiness against the store in the background (health is
+// SERVING only while the store answers) and serves on lis until Shutdown.
+func (s *Server) Serve(lis net.Listener) error {
+	s.mu.Lock()
+	if s.stopping {
+		s.mu.Unlock()
+		return grpc.ErrServerStopped
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	s.done = make(chan struct{})
+	s.mu.Unlock()
+	s.checkReady(ctx)
+	go s.readinessLoop(ctx)
+	return s.grpc.Serve(lis)
+}
+
+func (s *Server) readinessLoop(ctx context.Context) {
+	defer close(s.done)
+	t := s.deps.clock.NewTicker(s.healthInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.Chan():
+			s.checkReady(ctx)
+		}
+	}
+}
+
+func (s *Server) checkReady(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, s.healthInterval)
+	defer cancel()
+	err := s.deps.store.Ping(ctx)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopping || ctx.Err() != nil && err != nil {
+		return
+	}
+	if err != nil {
+		s.deps.log.Warn("store not ready: health is NOT_SERVING", "err", err)
+	}
+	s.setServing(err == nil)
+}
+
+// Shutdown turns health to NOT_SERVING, then lets unary calls finish. The
+// caller stops the dispatcher first so that Dispatch streams end; streams
+// still open when ctx ends are cut.
+func (s *Server) Shutdown(ctx context.Context) {
+	s.mu.Lock()
+	s.stopping = true
+	cancel, done := s.cancel, s.done
+	s.health.Shutdown()
+	s.mu.Unlock()
+	if cancel != nil {
+		cancel()
+		<-done
+	}
+	stopped := make(chan struct{})
+	go func() {
+		s.grpc.GracefulStop()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-ctx.Done():
+		s.grpc.Stop()
+		<-stopped
+	}
+}
