@@ -4,7 +4,6 @@ SHELL := /bin/bash
 TOOLS := $(CURDIR)/.tools
 BUF_VERSION := 1.75.0
 BUF := $(TOOLS)/node_modules/.bin/buf
-GRPCURL_VERSION := v1.9.3
 GRPCURL := $(TOOLS)/bin/grpcurl
 
 .PHONY: all tools generate check-generated lint test test-go test-python run build bench clean
@@ -17,8 +16,9 @@ $(BUF):
 $(TOOLS)/bin/protoc-gen-go $(TOOLS)/bin/protoc-gen-go-grpc: go.mod
 	GOBIN=$(TOOLS)/bin go install google.golang.org/protobuf/cmd/protoc-gen-go google.golang.org/grpc/cmd/protoc-gen-go-grpc
 
-$(GRPCURL):
-	GOBIN=$(TOOLS)/bin go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
+# grpcurl's version is pinned by the tool directive in go.mod.
+$(GRPCURL): go.mod
+	go build -o $(GRPCURL) github.com/fullstorydev/grpcurl/cmd/grpcurl
 
 tools: $(BUF) $(TOOLS)/bin/protoc-gen-go $(TOOLS)/bin/protoc-gen-go-grpc $(GRPCURL)
 
@@ -40,7 +40,7 @@ lint: $(BUF)
 
 ## test: everything CI runs (installs redis-server if missing)
 test: deps lint check-generated tools
-	RETRYD_GRPCURL=$(GRPCURL) go test -race -count=1 ./...
+	go test -race -count=1 ./...
 
 ## deps: Debian packages the tests need
 deps:
