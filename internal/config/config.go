@@ -1,0 +1,248 @@
+// Package config turns retryd's command line, environment and optional YAML
+// config file into one validated Config.
+//
+// Every setting has a flag, an environment twin and (except --config) a
+// config file key; see Usage for the full list. Precedence is flags, then
+// the environment, then the config file, then the defaults: each source
+// replaces, whole, what a weaker one set (a list from the environment
+// replaces the file's list). The retry policy's environment names are the
+// specification's (MAX_RETRIES, RETRY_DELAY_1..N, RETRY_JITTER,
+// <PHASE>_MAX_RETRIES, <PHASE>_RETRY_DELAY_1..N); the others start with
+// RETRYD_. An environment variable set to the empty string counts as unset.
+//
+// Durations are a bare number of seconds (60, 1.5) or Go syntax (250ms,
+// 1h30m). Every error names the flag, variable or file key and the bad
+// value.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/retryd/retryd/scheduler"
+	"github.com/retryd/retryd/store"
+)
+
+// Config is retryd's resolved configuration.
+type Config struct {
+	// Listen is the gRPC listen address (host:port). Defaults to
+	// 127.0.0.1:50051.
+	Listen string
+	// RedisURL selects the Redis store (redis://, rediss://, unix://; the
+	// Sentinel and Cluster forms are query parameters of these). It may
+	// hold a password: log it with RedactedRedisURL. Defaults to "", the
+	// embedded store in DataDir.
+	RedisURL string
+	// RedisPrefix starts every Redis key, so that several retryd
+	// deployments can share one Redis. Defaults to "retryd".
+	RedisPrefix string
+	// DataDir holds the embedded store (used when RedisURL is empty).
+	// Relative to the working directory. Defaults to "./retryd-data".
+	DataDir string
+	// MetricsListen is the address of the HTTP /metrics endpoint. Defaults
+	// to "", no endpoint.
+	MetricsListen string
+	// ConfigFile is the YAML file that was read. Defaults to "", none.
+	ConfigFile string
+	// Policy is the retry policy. Defaults to scheduler.DefaultPolicyConfig.
+	Policy scheduler.PolicyConfig
+	// LeaseDuration is how long a dispatched task stays leased to its
+	// worker before it counts as failed (LeaseExpired). Defaults to 5m.
+	LeaseDuration time.Duration
+	// HeartbeatInterval is how often an idle Dispatch stream gets a
+	// heartbeat. Defaults to 15s.
+	HeartbeatInterval time.Duration
+	// ShutdownGrace bounds how long a graceful shutdown waits for
+	// in-flight calls. Defaults to 20s.
+	ShutdownGrace time.Duration
+	// MaxPayloadBytes bounds a report's payload. Defaults to 256 KiB.
+	MaxPayloadBytes int
+	// JobRetention is how long finished jobs are kept. Defaults to
+	// store.DefaultJobRetention.
+	JobRetention time.Duration
+	// StatsRetention is how long the hourly stats counters are kept.
+	// Defaults to store.DefaultStatsRetention.
+	StatsRetention time.Duration
+	// LogLevel is debug, info, warn or error. Defaults to info.
+	LogLevel string
+	// LogFormat is text or json. Defaults to text.
+	LogFormat string
+}
+
+// Bounds of the few settings whose extremes would hurt.
+const (
+	// MaxPayloadLimit bounds MaxPayloadBytes: payloads are stored with
+	// every attempt and returned by GetJob.
+	MaxPayloadLimit = 64 << 20
+)
+
+// Default returns the configuration retryd runs with when nothing is set.
+func Default() Config {
+	return Config{
+		Listen:            "127.0.0.1:50051",
+		RedisPrefix:       "retryd",
+		DataDir:           "./retryd-data",
+		Policy:            scheduler.DefaultPolicyConfig(),
+		LeaseDuration:     5 * time.Minute,
+		HeartbeatInterval: 15 * time.Second,
+		ShutdownGrace:     20 * time.Second,
+		MaxPayloadBytes:   256 << 10,
+		JobRetention:      store.DefaultJobRetention,
+		StatsRetention:    store.DefaultStatsRetention,
+		LogLevel:          "info",
+		LogFormat:         "text",
+	}
+}
+
+// Validate checks a Config built in code (Load's result is already valid).
+// Errors name the flag of the bad field.
+func (c Config) Validate() error {
+	var errs []error
+	for i := range settings {
+		s := &settings[i]
+		if s.check == nil {
+			continue
+		}
+		if err := s.check(&c); err != nil {
+			errs = append(errs, fmt.Errorf("--%s: %w", s.flag, err))
+		}
+	}
+	if err := c.Policy.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("retry policy: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// RedactedRedisURL returns RedisURL with its password replaced by "xxxxx",
+// for logs and error messages.
+func (c Config) RedactedRedisURL() string { return redactURL(c.RedisURL) }
+
+// LogValue lets the start-up log show the configuration (without the
+// policy, which scheduler.Policy describes per phase, and without the Redis
+// password).
+func (c Config) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("listen", c.Listen),
+		slog.String("redis_url", c.RedactedRedisURL()),
+		slog.String("redis_prefix", c.RedisPrefix),
+		slog.String("data_dir", c.DataDir),
+		slog.String("metrics_listen", c.MetricsListen),
+		slog.String("config_file", c.ConfigFile),
+		slog.Duration("lease_duration", c.LeaseDuration),
+		slog.Duration("heartbeat_interval", c.HeartbeatInterval),
+		slog.Duration("shutdown_grace", c.ShutdownGrace),
+		slog.Int("max_payload_bytes", c.MaxPayloadBytes),
+		slog.Duration("job_retention", c.JobRetention),
+		slog.Duration("stats_retention", c.StatsRetention),
+		slog.String("log_level", c.LogLevel),
+		slog.String("log_format", c.LogFormat),
+	)
+}
+
+func redactURL(s string) string {
+	if s == "" {
+		return ""
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(unparsable URL, hidden: it may hold a password)"
+	}
+	return u.Redacted()
+}
+
+// The checks below are shared by parsing (which names the source) and
+// Validate (which names the flag).
+
+func checkHostPort(s string) error {
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("not host:port: %w", err)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("port %q is not a number from 0 to 65535", port)
+	}
+	return nil
+}
+
+func checkRedisURL(s string) error {
+	if s == "" {
+		return nil
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		// url's error quotes the URL, password included: do not wrap it.
+		return errors.New("not a URL")
+	}
+	switch u.Scheme {
+	case "redis", "rediss", "unix":
+		return nil
+	}
+	return fmt.Errorf("scheme %q is not redis://, rediss:// or unix://", u.Scheme)
+}
+
+func checkRedisPrefix(s string) error {
+	if s == "" {
+		return errors.New("must not be empty")
+	}
+	// The store adds its own {hash tag} after the prefix; braces in the
+	// prefix would move every key into one cluster slot or break the tags.
+	if strings.ContainsAny(s, "{} \t\r\n") {
+		return errors.New("must not contain '{', '}' or white space")
+	}
+	return nil
+}
+
+func checkNonEmpty(s string) error {
+	if strings.TrimSpace(s) == "" {
+		return errors.New("must not be empty")
+	}
+	return nil
+}
+
+func checkPositive(d time.Duration) error {
+	if d <= 0 {
+		return errors.New("must be positive")
+	}
+	return nil
+}
+
+func checkNotNegative(d time.Duration) error {
+	if d < 0 {
+		return errors.New("must not be negative")
+	}
+	return nil
+}
+
+func checkStatsRetention(d time.Duration) error {
+	if d < store.StatsBucket {
+		return fmt.Errorf("must be at least %v (the counters are hourly)", store.StatsBucket)
+	}
+	return nil
+}
+
+func checkPayloadBytes(n int) error {
+	if n < 1 || n > MaxPayloadLimit {
+		return fmt.Errorf("must be 1 to %d bytes (64 MiB)", MaxPayloadLimit)
+	}
+	return nil
+}
+
+func checkOneOf(s string, allowed ...string) error {
+	for _, a := range allowed {
+		if s == a {
+			return nil
+		}
+	}
+	return fmt.Errorf("must be one of %s", strings.Join(allowed, ", "))
+}
+
+// ErrHelp is returned (wrapped) by Load when -h or --help was given, after
+// the usage was written to standard output. It is flag.ErrHelp.
+var ErrHelp = flag.ErrHelp
