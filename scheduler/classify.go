@@ -105,7 +105,7 @@ var classifyRules = []classifyRule{
 		if !ok {
 			return Classification{}, false
 		}
-		return Classification{false, RuleNonRetryableType, typeName(in.errorType, m) + " is a non-retryable error type"}, true
+		return Classification{Retryable: false, Rule: RuleNonRetryableType, Reason: typeName(in.errorType, m) + " is a non-retryable error type"}, true
 	},
 	// 2. HTTP 4xx other than 429 gives up: the request itself is wrong.
 	//    429 (rate limited) falls through and is retried.
@@ -113,7 +113,7 @@ var classifyRules = []classifyRule{
 		if in.httpStatus < 400 || in.httpStatus > 499 || in.httpStatus == 429 {
 			return Classification{}, false
 		}
-		return Classification{false, RuleClientError, fmt.Sprintf("HTTP status %d is a client error (4xx other than 429)", in.httpStatus)}, true
+		return Classification{Retryable: false, Rule: RuleClientError, Reason: fmt.Sprintf("HTTP status %d is a client error (4xx other than 429)", in.httpStatus)}, true
 	},
 	// 3a. A retryable type name retries (HTTPError with no status, too).
 	func(p *Policy, in classifyInput) (Classification, bool) {
@@ -125,14 +125,14 @@ var classifyRules = []classifyRule{
 		if m == LeaseExpiredType {
 			reason += " (the worker did not report before its lease expired)"
 		}
-		return Classification{true, RuleRetryableType, reason}, true
+		return Classification{Retryable: true, Rule: RuleRetryableType, Reason: reason}, true
 	},
 	// 3b. HTTP 5xx retries: the server failed, and may not next time.
 	func(_ *Policy, in classifyInput) (Classification, bool) {
 		if in.httpStatus < 500 {
 			return Classification{}, false
 		}
-		return Classification{true, RuleServerError, fmt.Sprintf("HTTP status %d is a server error (500 or above)", in.httpStatus)}, true
+		return Classification{Retryable: true, Rule: RuleServerError, Reason: fmt.Sprintf("HTTP status %d is a server error (500 or above)", in.httpStatus)}, true
 	},
 	// 4. Anything else retries: an unknown error is assumed transient, as
 	//    the specification chooses (conservative: never drop work silently).
@@ -150,7 +150,7 @@ var classifyRules = []classifyRule{
 			fmt.Fprintf(&b, " and HTTP status %d is neither 4xx nor 5xx", in.httpStatus)
 		}
 		b.WriteString(", so it is retried (unknown errors are retried, conservatively)")
-		return Classification{true, RuleUnknown, b.String()}, true
+		return Classification{Retryable: true, Rule: RuleUnknown, Reason: b.String()}, true
 	},
 }
 
