@@ -11,6 +11,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/retryd/retryd/scheduler"
 )
 
 // Limits on request fields. They are part of the documented API (README,
@@ -40,7 +42,6 @@ const (
 )
 
 var (
-	phaseRE    = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
 	labelKeyRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.\-/]*$`)
 )
 
@@ -103,8 +104,10 @@ func (v *violations) phase(field, p string, required bool) {
 		}
 	case len(p) > MaxPhaseBytes:
 		v.add(field, "is %d bytes, the limit is %d", len(p), MaxPhaseBytes)
-	case !phaseRE.MatchString(p):
-		v.add(field, "%q must be lower-case letters, digits and '_', starting with a letter", p)
+	default:
+		if err := scheduler.ValidatePhaseName(p); err != nil {
+			v.add(field, "%v", err)
+		}
 	}
 }
 
