@@ -22,6 +22,7 @@ Two keyword arguments are control, not payload:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as _dt
 import functools
@@ -32,7 +33,7 @@ import threading
 from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 from . import payload as _payload
-from .client import DEFAULT_TARGET, RetryClient
+from .client import DEFAULT_TARGET, FailureDecision, RetryClient
 from .errors import RPCError
 from .leases import LeaseKeeper
 
@@ -111,8 +112,9 @@ def task(
     reraise: bool = False,
     extend_lease: bool = True,
     lease_extension: Optional[float] = None,
+    on_give_up: Optional[Callable[[BaseException, "FailureDecision", Mapping[str, Any]], Any]] = None,
 ):
-    """Decorate a task function of ``phase``.
+    """Decorate a task function of ``phase`` (a plain or an ``async`` function).
 
     ``client``: a :class:`RetryClient`, a target string, a zero-argument
     callable returning a client, or None for :func:`default_client`.
@@ -144,6 +146,11 @@ def task(
     extending it in the background while the function runs.
     ``lease_extension`` is the seconds each extension grants (None: the
     server's default lease duration).
+
+    ``on_give_up(exc, decision, payload)``: called after retryd decided to
+    give up (a non-retryable error, or the retries are used up), for the
+    application's own bookkeeping (marking its job row failed). retryd
+    itself keeps the final error, its type and the retry count (GetJob).
     """
     if not phase:
         raise ValueError("phase is required")
@@ -152,87 +159,157 @@ def task(
         sig = inspect.signature(fn)
         params = sig.parameters
         declared = {name for name, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
+        opts = _Options(phase, client, job_id_arg, labels, next_phase, reraise, extend_lease, lease_extension, on_give_up)
 
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            retry_count = int(kwargs.pop("retry_count", 0) or 0)
-            lease_id = kwargs.pop("lease_id", None) or None
-            # Positional arguments are bound to their names: the payload is
-            # keyword arguments only, so that a retry can be called with it.
-            bound = sig.bind_partial(*args, **kwargs)
-            call_kwargs: dict = {}
-            for name, value in bound.arguments.items():
-                kind = params[name].kind
-                if kind is inspect.Parameter.VAR_POSITIONAL:
-                    if value:
-                        raise TypeError(f"{fn.__qualname__}: retryd tasks take keyword arguments only, not *{name}")
-                elif kind is inspect.Parameter.VAR_KEYWORD:
-                    call_kwargs.update(value)
-                elif kind is inspect.Parameter.POSITIONAL_ONLY:
-                    raise TypeError(f"{fn.__qualname__}: positional-only parameter {name} cannot be a payload key")
-                else:
-                    call_kwargs[name] = value
-            payload = _payload.check_payload(call_kwargs)
-            if job_id_arg not in payload or payload[job_id_arg] in (None, ""):
-                raise TypeError(f"{fn.__qualname__}: the job id keyword argument {job_id_arg!r} is missing")
-            job_id = str(payload[job_id_arg])
-            job_labels = _labels(labels, payload)
-            if "retry_count" in declared:
-                call_kwargs["retry_count"] = retry_count
-            if "lease_id" in declared:
-                call_kwargs["lease_id"] = lease_id
-
-            retryd = _resolve_client(client)
-            keeper = None
-            if lease_id and extend_lease:
-                keeper = LeaseKeeper(retryd, job_id, lease_id, extend_by=lease_extension)
+        if inspect.iscoroutinefunction(fn):
+            # RQ (1.10+) runs coroutine functions in an event loop; the
+            # blocking gRPC reports go to a thread so the loop keeps running.
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                attempt = _Attempt(fn, sig, params, declared, opts, args, kwargs)
+                if not await asyncio.to_thread(attempt.begin):
+                    return None
                 try:
-                    keeper.extend_now()
-                except RPCError as err:
-                    if err.lease_lost:
-                        log.warning(
-                            "not running %s for job %s (%s retry %d): its lease %s is no longer held (%s)",
-                            fn.__qualname__, job_id, phase, retry_count, lease_id, err.details,
-                        )
-                        return None
-                    log.warning("could not extend lease %s before running: %s", lease_id, err)
-                keeper.start()
-            started_at = _dt.datetime.now(_dt.timezone.utc)
-            try:
-                result = fn(**call_kwargs)
-            except Exception as exc:
-                if keeper is not None:
-                    keeper.stop()
-                decision = retryd.report_failure(
-                    job_id, phase, retry_count, exc,
-                    payload=payload, labels=job_labels, lease_id=lease_id, started_at=started_at,
-                )
-                log.info(
-                    "%s failed for job %s (%s retry %d): %s: %s → %s (%s)",
-                    fn.__qualname__, job_id, phase, retry_count, type(exc).__name__, exc,
-                    decision.decision, decision.reason,
-                )
-                if reraise:
+                    result = await fn(**attempt.call_kwargs)
+                except Exception as exc:
+                    await asyncio.to_thread(attempt.failed, exc)
+                    if reraise:
+                        raise
+                    return None
+                except BaseException:  # cancelled: no report, the lease lapses
+                    await asyncio.to_thread(attempt.stop_keeper)
                     raise
-                return None
-            finally:
-                if keeper is not None:
-                    keeper.stop()
-            handoff = result if isinstance(result, Handoff) else None
-            retryd.report_success(
-                job_id, phase, retry_count,
-                payload=payload, labels=job_labels, lease_id=lease_id, started_at=started_at,
-                next_phase=handoff.next_phase if handoff else next_phase,
-                next_payload=handoff.next_payload if handoff else None,
-                output=handoff.output if handoff else _output_of(result),
-            )
-            return handoff.result if handoff else result
+                return await asyncio.to_thread(attempt.succeeded, result)
 
+            wrapper = async_wrapper
+        else:
+
+            @functools.wraps(fn)
+            def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+                attempt = _Attempt(fn, sig, params, declared, opts, args, kwargs)
+                if not attempt.begin():
+                    return None
+                try:
+                    result = fn(**attempt.call_kwargs)
+                except Exception as exc:
+                    attempt.failed(exc)
+                    if reraise:
+                        raise
+                    return None
+                finally:
+                    attempt.stop_keeper()
+                return attempt.succeeded(result)
+
+            wrapper = sync_wrapper
         wrapper.retryd_phase = phase  # type: ignore[attr-defined]
         wrapper.retryd_job_id_arg = job_id_arg  # type: ignore[attr-defined]
         return wrapper
 
     return decorate
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    phase: str
+    client: ClientSpec
+    job_id_arg: str
+    labels: Any
+    next_phase: Optional[str]
+    reraise: bool
+    extend_lease: bool
+    lease_extension: Optional[float]
+    on_give_up: Optional[Callable[..., Any]]
+
+
+class _Attempt:
+    """One call of a decorated task: its payload, its lease, its report."""
+
+    def __init__(self, fn, sig, params, declared, opts: _Options, args, kwargs):
+        self.fn = fn
+        self.opts = opts
+        kwargs = dict(kwargs)
+        self.retry_count = int(kwargs.pop("retry_count", 0) or 0)
+        self.lease_id = kwargs.pop("lease_id", None) or None
+        # Positional arguments are bound to their names: the payload is
+        # keyword arguments only, so that a retry can be called with it.
+        bound = sig.bind_partial(*args, **kwargs)
+        call_kwargs: dict = {}
+        for name, value in bound.arguments.items():
+            kind = params[name].kind
+            if kind is inspect.Parameter.VAR_POSITIONAL:
+                if value:
+                    raise TypeError(f"{fn.__qualname__}: retryd tasks take keyword arguments only, not *{name}")
+            elif kind is inspect.Parameter.VAR_KEYWORD:
+                call_kwargs.update(value)
+            elif kind is inspect.Parameter.POSITIONAL_ONLY:
+                raise TypeError(f"{fn.__qualname__}: positional-only parameter {name} cannot be a payload key")
+            else:
+                call_kwargs[name] = value
+        self.payload = _payload.check_payload(call_kwargs)
+        job_id = self.payload.get(opts.job_id_arg)
+        if job_id is None or job_id == "":
+            raise TypeError(f"{fn.__qualname__}: the job id keyword argument {opts.job_id_arg!r} is missing")
+        self.job_id = str(job_id)
+        self.labels = _labels(opts.labels, self.payload)
+        if "retry_count" in declared:
+            call_kwargs["retry_count"] = self.retry_count
+        if "lease_id" in declared:
+            call_kwargs["lease_id"] = self.lease_id
+        self.call_kwargs = call_kwargs
+        self.client = _resolve_client(opts.client)
+        self.keeper: Optional[LeaseKeeper] = None
+        self.started_at: Optional[_dt.datetime] = None
+
+    def begin(self) -> bool:
+        """Take hold of the lease; False means: do not run."""
+        if self.lease_id and self.opts.extend_lease:
+            keeper = LeaseKeeper(self.client, self.job_id, self.lease_id, extend_by=self.opts.lease_extension)
+            try:
+                keeper.extend_now()
+            except RPCError as err:
+                if err.lease_lost:
+                    log.warning(
+                        "not running %s for job %s (%s retry %d): its lease %s is no longer held (%s)",
+                        self.fn.__qualname__, self.job_id, self.opts.phase, self.retry_count, self.lease_id, err.details,
+                    )
+                    return False
+                log.warning("could not extend lease %s before running: %s", self.lease_id, err)
+            self.keeper = keeper.start()
+        self.started_at = _dt.datetime.now(_dt.timezone.utc)
+        return True
+
+    def stop_keeper(self) -> None:
+        if self.keeper is not None:
+            self.keeper.stop()
+
+    def failed(self, exc: BaseException) -> None:
+        self.stop_keeper()
+        try:
+            decision = self.client.report_failure(
+                self.job_id, self.opts.phase, self.retry_count, exc,
+                payload=self.payload, labels=self.labels, lease_id=self.lease_id, started_at=self.started_at,
+            )
+        except RPCError as report_err:
+            raise report_err from exc  # both stay visible in RQ's failed job
+        log.info(
+            "%s failed for job %s (%s retry %d): %s: %s -> %s (%s)",
+            self.fn.__qualname__, self.job_id, self.opts.phase, self.retry_count, type(exc).__name__, exc,
+            decision.decision, decision.reason,
+        )
+        if not decision.will_retry and self.opts.on_give_up is not None:
+            self.opts.on_give_up(exc, decision, self.payload)
+
+    def succeeded(self, result: Any) -> Any:
+        self.stop_keeper()
+        handoff = result if isinstance(result, Handoff) else None
+        self.client.report_success(
+            self.job_id, self.opts.phase, self.retry_count,
+            payload=self.payload, labels=self.labels, lease_id=self.lease_id, started_at=self.started_at,
+            next_phase=handoff.next_phase if handoff else self.opts.next_phase,
+            next_payload=handoff.next_payload if handoff else None,
+            output=handoff.output if handoff else _output_of(result),
+        )
+        return handoff.result if handoff else result
 
 
 def _labels(spec, payload: Mapping[str, Any]) -> Optional[dict]:

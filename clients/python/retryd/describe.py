@@ -16,6 +16,13 @@ from typing import Any, Optional
 
 __all__ = ["ErrorInfo", "describe_exception", "error_type_name", "http_status_of", "retry_after_of"]
 
+# retryd's limits on these fields (server/validate.go, README "Limits"): a
+# report beyond them is refused with INVALID_ARGUMENT, which would lose the
+# failure, so the client trims instead.
+MAX_ERROR_TYPE_BYTES = 256
+MAX_ERROR_MESSAGE_BYTES = 64 << 10
+MAX_RETRY_AFTER_SECONDS = 7 * 24 * 3600.0
+
 # How far down __cause__ / __context__ the HTTP status and Retry-After are
 # looked for: a task that wraps an HTTP error in its own exception
 # (`raise ExtractionError(...) from err`) still reports the status.
@@ -162,14 +169,34 @@ def retry_after_of(exc: BaseException, now: Optional[float] = None) -> Optional[
     return None
 
 
+def truncate_utf8(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes (on a character
+    boundary), saying how much was cut."""
+    raw = text.encode("utf-8", "surrogatepass")
+    if len(raw) <= limit:
+        return text
+    marker = f" ... [{len(raw)} bytes, truncated]"
+    head = raw[: max(0, limit - len(marker.encode()))].decode("utf-8", "ignore")
+    return head + marker
+
+
 def describe_exception(exc: BaseException, now: Optional[float] = None) -> ErrorInfo:
-    """Extract the ``ReportFailure`` fields from an exception."""
+    """Extract the ``ReportFailure`` fields from an exception, within
+    retryd's field limits (a 64 KiB message, a 256-byte type name, a
+    Retry-After of at most 7 days)."""
     message = str(exc)
     if not message:
         message = repr(exc)
+    error_type = error_type_name(exc)
+    if len(error_type.encode("utf-8")) > MAX_ERROR_TYPE_BYTES:
+        # Keep the end: retryd matches the last dotted component.
+        error_type = error_type.encode("utf-8")[-MAX_ERROR_TYPE_BYTES:].decode("utf-8", "ignore")
+    retry_after = retry_after_of(exc, now)
+    if retry_after is not None:
+        retry_after = min(retry_after, MAX_RETRY_AFTER_SECONDS)
     return ErrorInfo(
-        error_type=error_type_name(exc),
-        error_message=message,
+        error_type=error_type,
+        error_message=truncate_utf8(message, MAX_ERROR_MESSAGE_BYTES),
         http_status=http_status_of(exc),
-        retry_after=retry_after_of(exc, now),
+        retry_after=retry_after,
     )

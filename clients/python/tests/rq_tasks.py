@@ -57,22 +57,35 @@ def flaky_extract(pipeline_job_id, document_id, source_location, fail_times=2, w
     return {"text_length": 42, "retry_count": retry_count}
 
 
-@retryd.task(phase="extraction", job_id_arg="pipeline_job_id")
+# The outcome tests bridge one phase per task function, all on one retryd.
+@retryd.task(phase="always", job_id_arg="pipeline_job_id")
 def always_fails(pipeline_job_id, retry_count=0):
     record(pipeline_job_id, retry_count)
     raise ConnectionError("still down")
 
 
-@retryd.task(phase="extraction", job_id_arg="pipeline_job_id")
+@retryd.task(phase="validation", job_id_arg="pipeline_job_id")
 def invalid_document(pipeline_job_id, retry_count=0):
     record(pipeline_job_id, retry_count)
     raise ValidationError("document has no pages")
 
 
-@retryd.task(phase="extraction", job_id_arg="pipeline_job_id")
+@retryd.task(phase="http", job_id_arg="pipeline_job_id")
 def http_failure(pipeline_job_id, status, fail_times=1, retry_count=0):
     """Raises requests.HTTPError(status) while retry_count < fail_times."""
     record(pipeline_job_id, retry_count)
     if retry_count < fail_times:
         raise http_error(status)
     return None
+
+
+@retryd.task(phase="extraction", job_id_arg="pipeline_job_id", labels=("document_id",))
+async def flaky_extract_async(pipeline_job_id, document_id, source_location, fail_times=2, retry_count=0, **kwargs):
+    """The specification's task is async; RQ runs coroutine functions too."""
+    import asyncio
+
+    record(pipeline_job_id, retry_count)
+    await asyncio.sleep(0.001)
+    if retry_count < fail_times:
+        raise ConnectionError(f"{source_location} unreachable (attempt {retry_count})")
+    return {"text_length": 42, "retry_count": retry_count}

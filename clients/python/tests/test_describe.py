@@ -110,3 +110,14 @@ def test_describe_exception_fills_everything():
     assert info.http_status == 503
     assert info.retry_after == 30.0
     assert "503" in info.error_message
+
+
+def test_fields_are_kept_within_retryd_limits():
+    from retryd.describe import MAX_ERROR_MESSAGE_BYTES, MAX_RETRY_AFTER_SECONDS
+
+    info = describe_exception(ValueError("é" * 100_000), now=0)
+    assert len(info.error_message.encode()) <= MAX_ERROR_MESSAGE_BYTES
+    assert info.error_message.startswith("éé") and info.error_message.endswith("bytes, truncated]")
+    assert describe_exception(http_error(503, str(30 * 24 * 3600)), now=0).retry_after == MAX_RETRY_AFTER_SECONDS
+    long_cls = type("E" * 300, (Exception,), {"__module__": "pkg.mod"})
+    assert describe_exception(long_cls("x")).error_type.endswith("E" * 200)
