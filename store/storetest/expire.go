@@ -1,0 +1,107 @@
+package storetest
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/retryd/retryd/store"
+)
+
+const day = 24 * time.Hour
+
+func (h *harness) expire(now time.Time) int {
+	h.t.Helper()
+	n, err := h.s.Expire(h.ctx, now)
+	require.NoError(h.t, err, "Expire(%v)", now)
+	return n
+}
+
+func testExpire(t *testing.T, newStore Factory) {
+	t.Run("TerminalJobsPastRetention", func(t *testing.T) {
+		h := setupWith(t, newStore, Options{JobRetention: 2 * day, StatsRetention: 30 * day})
+		now := at(10 * day)
+		cutoff := now.Add(-2 * day)
+
+		gu := failure("old-failed", extraction, 0, at(time.Hour))
+		gu.Verdict = giveUp("ValidationError is not retryable.")
+		h.fail(gu)
+		h.succeed(success("old-completed", extraction, 0, at(2*time.Hour)))
+		h.fail(failure("old-canceled", extraction, 0, at(3*time.Hour)))
+		_, err := h.s.CancelJob(h.ctx, "old-canceled", "operator", at(4*time.Hour))
+		require.NoError(t, err)
+		h.succeed(success("just-before", chunking, 0, cutoff.Add(-time.Microsecond)))
+		// Kept: not terminal, however old; updated at the cutoff (not before
+		// it); updated after it.
+		h.fail(failure("old-processing", extraction, 0, at(5*time.Hour)))
+		old := failure("old-leased", chunking, 0, at(6*time.Hour))
+		h.fail(old)
+		h.claimOne(old.Verdict.DueAt, chunking)
+		h.succeed(success("at-cutoff", chunking, 0, cutoff))
+		gu = failure("new-failed", extraction, 0, at(9*day))
+		gu.Verdict = giveUp("ValidationError is not retryable.")
+		h.fail(gu)
+
+		kept := []string{"new-failed", "at-cutoff", "old-leased", "old-processing"}
+		before := map[string]store.Job{}
+		for _, id := range kept {
+			before[id] = h.job(id)
+		}
+
+		require.Equal(t, 4, h.expire(now), "Expire removes the four terminal jobs updated before the cutoff")
+		for _, id := range []string{"old-failed", "old-completed", "old-canceled", "just-before"} {
+			_, err := h.s.GetJob(h.ctx, id)
+			requireErr(t, err, store.ErrNotFound, "GetJob(%s) after Expire", id)
+		}
+		for _, id := range kept {
+			h.requireJob(before[id])
+		}
+		require.Equal(t, kept, jobIDs(h.listAll(store.ListQuery{}, 10)))
+		require.Empty(t, h.listAll(store.ListQuery{State: store.StateCompleted, Phase: extraction}, 10))
+		require.Equal(t, []string{"old-processing"}, taskIDs(h.claim(now, 10, extraction)), "the schedule of kept jobs survives")
+		require.Len(t, h.expired(now, 10), 1, "the lease of kept jobs survives")
+		require.Equal(t, 0, h.expire(now), "a second Expire finds nothing")
+
+		// The attempts went with the job: the id starts afresh.
+		h.fail(failure("old-failed", extraction, 0, now))
+		j := h.job("old-failed")
+		require.Len(t, j.Attempts, 1)
+		require.True(t, j.CreatedAt.Equal(now))
+		require.Equal(t, uint32(1), j.Cycle)
+	})
+
+	t.Run("StatsPastRetention", func(t *testing.T) {
+		h := setupWith(t, newStore, Options{JobRetention: 2 * day, StatsRetention: 5 * day})
+		now := at(10 * day)
+		h.report("old", extraction, 1, at(time.Hour), "give-up", "Timeout")
+		h.report("older", chunking, 1, at(-3*day), "success", "")
+		h.report("recent", extraction, 2, now.Add(-5*day+2*time.Hour), "success", "")
+		h.report("new", extraction, 0, now.Add(-time.Hour), "give-up", "Timeout")
+
+		h.expire(now)
+		requireEqual(t, []store.PhaseStats{{
+			Phase: extraction, Attempts: 2, Retries: 1, SuccessfulRetries: 1, GivenUp: 1,
+			FailuresByType: map[string]uint64{"Timeout": 1},
+		}}, h.stats(store.StatsQuery{Since: at(-30 * day), Until: now}), "Stats after Expire")
+	})
+
+	// With zero Options the backend's defaults apply: the ones package
+	// store documents.
+	t.Run("DefaultRetention", func(t *testing.T) {
+		h := setupWith(t, newStore, Options{})
+		h.succeed(success("job-1", extraction, 1, at(0)))
+		require.Equal(t, 0, h.expire(at(store.DefaultJobRetention)), "a job updated exactly one retention ago is kept")
+		h.job("job-1")
+		require.Equal(t, 1, h.expire(at(store.DefaultJobRetention+time.Microsecond)))
+		_, err := h.s.GetJob(h.ctx, "job-1")
+		requireErr(t, err, store.ErrNotFound, "GetJob after Expire")
+
+		window := store.StatsQuery{Since: at(-time.Hour), Until: at(time.Hour)}
+		want := []store.PhaseStats{{Phase: extraction, Attempts: 1, Retries: 1, SuccessfulRetries: 1}}
+		h.expire(at(store.DefaultStatsRetention - 2*time.Hour))
+		requireEqual(t, want, h.stats(window), "stats within the default retention")
+		h.expire(at(store.DefaultStatsRetention + 2*time.Hour))
+		require.Empty(t, h.stats(window), "stats past the default retention")
+	})
+}
