@@ -1,0 +1,118 @@
+package boltstore
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/retryd/retryd/store"
+)
+
+// The buckets and their keys. Every composite key is built and parsed here.
+//
+//	jobs      <job id>                                        → jobRecord
+//	attempts  <job>  <cycle:4> <len phase> <phase> <retry:4>  → attemptRecord
+//	payloads  <job>  <phase>                                  → 0x01 + payload bytes
+//	due       <len phase> <phase>  <due µs:8>  <job id>       → empty
+//	leases    <expiry µs:8>  <job id>                         → empty
+//	listing   <state:1>  <updated µs:8>  <job id>             → empty
+//	stats     <hour µs:8>  <phase>                            → statsRecord
+//	meta      "schema"                                        → schema version
+//
+// <job> is the job id prefixed with its length (a uvarint), so that no job's
+// prefix is a prefix of another's; <len phase> likewise for phases. Numbers
+// are big-endian so that byte order is numeric order; times are signed
+// microseconds with the sign bit flipped, which keeps that order for any
+// time. The listing holds two entries per job: one under its state and one
+// under state 0 (any state), so that every ListJobs query is one range scan.
+var (
+	bucketJobs     = []byte("jobs")
+	bucketAttempts = []byte("attempts")
+	bucketPayloads = []byte("payloads")
+	bucketDue      = []byte("due")
+	bucketLeases   = []byte("leases")
+	bucketListing  = []byte("listing")
+	bucketStats    = []byte("stats")
+	bucketMeta     = []byte("meta")
+
+	allBuckets = [][]byte{bucketJobs, bucketAttempts, bucketPayloads, bucketDue, bucketLeases, bucketListing, bucketStats, bucketMeta}
+
+	keySchema = []byte("schema")
+)
+
+// schemaVersion is the layout above. Open refuses a file with a newer one.
+const schemaVersion = 1
+
+// listAny is the listing's state byte for "any state".
+const listAny = 0
+
+// payloadPresent prefixes stored payloads so that an empty payload is told
+// apart from none (bbolt may return nil for an empty value).
+const payloadPresent = 1
+
+func appendTime(b []byte, us int64) []byte {
+	return binary.BigEndian.AppendUint64(b, uint64(us)^(1<<63))
+}
+
+func readTime(b []byte) int64 { return int64(binary.BigEndian.Uint64(b) ^ (1 << 63)) }
+
+func appendLenPrefixed(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+// jobPrefix is the prefix of every key of job id in attempts and payloads.
+func jobPrefix(id string) []byte { return appendLenPrefixed(make([]byte, 0, len(id)+2), id) }
+
+func attemptKey(id string, cycle uint32, phase string, retry uint32) []byte {
+	k := appendLenPrefixed(make([]byte, 0, len(id)+len(phase)+12), id)
+	k = binary.BigEndian.AppendUint32(k, cycle)
+	k = appendLenPrefixed(k, phase)
+	return binary.BigEndian.AppendUint32(k, retry)
+}
+
+// attemptKeyPhase returns the phase of an attempt key of job id.
+func attemptKeyPhase(id string, k []byte) (string, error) {
+	rest := k[len(jobPrefix(id)):]
+	if len(rest) < 4 {
+		return "", fmt.Errorf("%w: attempt key of %q is too short", errCorrupt, id)
+	}
+	rest = rest[4:]
+	n, w := binary.Uvarint(rest)
+	if w <= 0 || uint64(len(rest)-w) != n+4 {
+		return "", fmt.Errorf("%w: attempt key of %q has a bad phase", errCorrupt, id)
+	}
+	return string(rest[w : w+int(n)]), nil
+}
+
+func payloadKey(id, phase string) []byte {
+	return append(appendLenPrefixed(make([]byte, 0, len(id)+len(phase)+2), id), phase...)
+}
+
+// duePrefix is the prefix of phase's entries in the due index.
+func duePrefix(phase string) []byte { return appendLenPrefixed(make([]byte, 0, len(phase)+10), phase) }
+
+func dueKey(phase string, dueUS int64, id string) []byte {
+	return append(appendTime(duePrefix(phase), dueUS), id...)
+}
+
+func leaseKey(expiresUS int64, id string) []byte {
+	return append(appendTime(make([]byte, 0, 8+len(id)), expiresUS), id...)
+}
+
+func listingKey(state store.JobState, updatedUS int64, id string) []byte {
+	return append(appendTime([]byte{byte(state)}, updatedUS), id...)
+}
+
+func statsKey(hourUS int64, phase string) []byte {
+	return append(appendTime(make([]byte, 0, 8+len(phase)), hourUS), phase...)
+}
+
+// hourOf rounds Unix microseconds down to the start of their hour.
+func hourOf(us int64) int64 {
+	hour := store.StatsBucket.Microseconds()
+	h := us - us%hour
+	if us < 0 && us%hour != 0 {
+		h -= hour
+	}
+	return h
+}
