@@ -1,0 +1,61 @@
+package redisstore
+
+import "strconv"
+
+// keys builds every Redis key and channel name of one store. All of them
+// start with the hash tag "{<prefix>}", so that they live in one Redis
+// Cluster hash slot and every script may touch any of them (DESIGN.md,
+// invariant 4). The prefix itself never contains braces (Options.validate),
+// so the tag is always the first "{...}" of the key. The layout is described
+// in doc.go.
+type keys struct {
+	tag string // "{<prefix>}"
+}
+
+func newKeys(prefix string) keys { return keys{tag: "{" + prefix + "}"} }
+
+// job is the hash holding a job's record.
+func (k keys) job(id string) string { return k.tag + ":j:" + id }
+
+// attempts is the hash holding a job's attempts and payload blobs.
+func (k keys) attempts(id string) string { return k.tag + ":a:" + id }
+
+// due is the sorted set of the attempts of phase scheduled and not leased.
+func (k keys) due(phase string) string { return k.tag + ":due:" + phase }
+
+// leases is the sorted set of leased attempts by expiry.
+func (k keys) leases() string { return k.tag + ":leases" }
+
+// index is the ListJobs index of the jobs of bucket whose current phase is phase.
+func (k keys) index(b bucket, phase string) string {
+	return k.tag + ":idx:" + string(b) + ":" + phase
+}
+
+// phases is the set of every phase that has been a job's current phase.
+func (k keys) phases() string { return k.tag + ":phases" }
+
+// statsHour is the hash of the counters of one hour (Unix hours).
+func (k keys) statsHour(hour int64) string {
+	return k.tag + ":stats:" + strconv.FormatInt(hour, 10)
+}
+
+// hours is the sorted set of the hours that have a stats hash.
+func (k keys) hours() string { return k.tag + ":hours" }
+
+// events is the Pub/Sub channel of schedule and lease events.
+func (k keys) events() string { return k.tag + ":events" }
+
+// bucket partitions the ListJobs indexes: every job is in exactly one
+// bucket, derived from its state and pending attempt.
+type bucket string
+
+const (
+	// bucketActive: processing, no attempt in backoff (a leased retry runs,
+	// or the worker runs the phase outside retryd).
+	bucketActive bucket = "a"
+	// bucketBackoff: processing, a retry is scheduled and not leased.
+	bucketBackoff   bucket = "b"
+	bucketFailed    bucket = "f"
+	bucketCompleted bucket = "c"
+	bucketCanceled  bucket = "x"
+)

@@ -1,0 +1,75 @@
+package redisstore
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestKeys(t *testing.T) {
+	t.Parallel()
+	k := newKeys("retryd")
+	odd := newKeys("team-a:prod")
+	for _, c := range []struct {
+		name, got, want string
+	}{
+		{"job", k.job("job-1"), "{retryd}:j:job-1"},
+		{"job with braces", k.job("{x}"), "{retryd}:j:{x}"},
+		{"job with colons", k.job("a:b"), "{retryd}:j:a:b"},
+		{"attempts", k.attempts("job-1"), "{retryd}:a:job-1"},
+		{"due", k.due("extraction"), "{retryd}:due:extraction"},
+		{"leases", k.leases(), "{retryd}:leases"},
+		{"index active", k.index(bucketActive, "chunking"), "{retryd}:idx:a:chunking"},
+		{"index backoff", k.index(bucketBackoff, "chunking"), "{retryd}:idx:b:chunking"},
+		{"index failed", k.index(bucketFailed, "kg_ingest"), "{retryd}:idx:f:kg_ingest"},
+		{"index completed", k.index(bucketCompleted, "x"), "{retryd}:idx:c:x"},
+		{"index canceled", k.index(bucketCanceled, "x"), "{retryd}:idx:x:x"},
+		{"phases", k.phases(), "{retryd}:phases"},
+		{"stats hour", k.statsHour(493_161), "{retryd}:stats:493161"},
+		{"hours", k.hours(), "{retryd}:hours"},
+		{"events", k.events(), "{retryd}:events"},
+		{"other prefix", odd.job("j"), "{team-a:prod}:j:j"},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s: got %q, want %q", c.name, c.got, c.want)
+		}
+	}
+}
+
+// TestKeysShareOneSlot checks the point of the hash tag: whatever the job id
+// or phase, every key of a store hashes to the slot of its tag.
+func TestKeysShareOneSlot(t *testing.T) {
+	t.Parallel()
+	k := newKeys("retryd")
+	want := hashSlot("retryd")
+	for _, key := range []string{
+		k.job("{other}"), k.attempts("}{"), k.due("{phase}"), k.leases(),
+		k.index(bucketBackoff, "{p}"), k.phases(), k.statsHour(1), k.hours(), k.events(),
+	} {
+		if got := hashSlot(key); got != want {
+			t.Errorf("slot(%q) = %d, want %d (the slot of the tag)", key, got, want)
+		}
+	}
+}
+
+// hashSlot is Redis Cluster's key slot: CRC16 (XMODEM) of the hash tag (the
+// part between the first "{" and the next "}" when non-empty), mod 16384.
+func hashSlot(key string) int {
+	s := key
+	if i := strings.IndexByte(key, '{'); i >= 0 {
+		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
+			s = key[i+1 : i+1+j]
+		}
+	}
+	var crc uint16
+	for i := 0; i < len(s); i++ {
+		crc ^= uint16(s[i]) << 8
+		for range 8 {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
+	}
+	return int(crc) % 16384
+}

@@ -1,0 +1,323 @@
+package redisstore
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/retryd/retryd/store"
+)
+
+// Options configure a Store.
+type Options struct {
+	// Prefix names the store's keys: every key is "{<prefix>}:…", so that
+	// they share one Redis Cluster hash slot, and stores with different
+	// prefixes share a Redis without seeing each other. It must not contain
+	// "{" or "}". Defaults to "retryd".
+	Prefix string
+	// JobRetention is how long Expire keeps terminal jobs after their last
+	// update. Defaults to store.DefaultJobRetention.
+	JobRetention time.Duration
+	// StatsRetention is how long Expire keeps hourly stats counters.
+	// Defaults to store.DefaultStatsRetention.
+	StatsRetention time.Duration
+	// ExpireLimit bounds the jobs one Expire call deletes, so that a large
+	// backlog of old jobs is worked off over several janitor runs instead of
+	// one long call. Defaults to 1000.
+	ExpireLimit int
+	// EventBuffer is the capacity of each Subscribe channel; events are
+	// dropped, not queued without bound, when the reader falls behind (they
+	// are hints). Defaults to 256.
+	EventBuffer int
+}
+
+// Defaults of Options.
+const (
+	DefaultPrefix      = "retryd"
+	DefaultExpireLimit = 1000
+	DefaultEventBuffer = 256
+)
+
+// withDefaults fills zero fields and validates the rest.
+func (o Options) withDefaults() (Options, error) {
+	if o.Prefix == "" {
+		o.Prefix = DefaultPrefix
+	}
+	if strings.ContainsAny(o.Prefix, "{}") {
+		return o, fmt.Errorf("redisstore: Options.Prefix %q must not contain braces (they would break the key hash tag)", o.Prefix)
+	}
+	if o.JobRetention == 0 {
+		o.JobRetention = store.DefaultJobRetention
+	}
+	if o.StatsRetention == 0 {
+		o.StatsRetention = store.DefaultStatsRetention
+	}
+	if o.ExpireLimit == 0 {
+		o.ExpireLimit = DefaultExpireLimit
+	}
+	if o.EventBuffer == 0 {
+		o.EventBuffer = DefaultEventBuffer
+	}
+	switch {
+	case o.JobRetention < 0:
+		return o, fmt.Errorf("redisstore: Options.JobRetention %v is negative", o.JobRetention)
+	case o.StatsRetention < 0:
+		return o, fmt.Errorf("redisstore: Options.StatsRetention %v is negative", o.StatsRetention)
+	case o.ExpireLimit < 0:
+		return o, fmt.Errorf("redisstore: Options.ExpireLimit %d is negative", o.ExpireLimit)
+	case o.EventBuffer < 0:
+		return o, fmt.Errorf("redisstore: Options.EventBuffer %d is negative", o.EventBuffer)
+	}
+	return o, nil
+}
+
+// Store is the Redis implementation of store.Store. It is safe for
+// concurrent use, and any number of Stores (in any number of processes)
+// with the same prefix may share one Redis.
+type Store struct {
+	client redis.UniversalClient
+	owned  bool // Close closes client (Open made it)
+	opts   Options
+	k      keys
+
+	mu     sync.Mutex
+	closed bool
+	done   chan struct{} // closed by Close: ends subscriptions
+	subs   sync.WaitGroup
+}
+
+var (
+	_ store.Store          = (*Store)(nil)
+	_ store.BacklogCounter = (*Store)(nil)
+)
+
+// Open connects to the Redis named by rawURL (see NewClient for the forms:
+// single server, Sentinel, Cluster), checks that it answers, and returns a
+// Store that owns the connection. A Redis that does not answer gives an
+// error wrapping store.ErrUnavailable.
+func Open(ctx context.Context, rawURL string, opts Options) (*Store, error) {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	client, err := NewClient(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	s := newStore(client, opts)
+	s.owned = true
+	if err := s.Ping(ctx); err != nil {
+		_ = client.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// New returns a Store on a client the caller made and keeps: Close does not
+// close it. New panics when opts are invalid (a brace in Prefix, a negative
+// duration), a programming error.
+func New(client redis.UniversalClient, opts Options) *Store {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		panic(err)
+	}
+	return newStore(client, opts)
+}
+
+func newStore(client redis.UniversalClient, opts Options) *Store {
+	return &Store{client: client, opts: opts, k: newKeys(opts.Prefix), done: make(chan struct{})}
+}
+
+// Ping reports whether Redis answers.
+func (s *Store) Ping(ctx context.Context) error {
+	return s.wrap("ping", s.client.Ping(ctx).Err())
+}
+
+// Close ends every subscription and, when Open made the client, closes it.
+// It is idempotent.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	close(s.done)
+	s.mu.Unlock()
+	s.subs.Wait()
+	if s.owned {
+		return s.client.Close()
+	}
+	return nil
+}
+
+// wrap names the operation in err and maps the failures of the connection
+// or of a Redis that cannot serve (loading, failing over, out of memory) to
+// store.ErrUnavailable: in all of them the command was refused or its
+// outcome is unknown, and a retry of the same report is safe (reports are
+// idempotent). Other errors (a script bug, a corrupt value) stay internal.
+func (s *Store) wrap(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if unavailable(err) {
+		return fmt.Errorf("redisstore: %s: %w: %w", op, store.ErrUnavailable, err)
+	}
+	return fmt.Errorf("redisstore: %s: %w", op, err)
+}
+
+// unavailableReplies are the Redis error prefixes of a server that cannot
+// serve right now; the command was not executed.
+var unavailableReplies = []string{
+	"LOADING", "MASTERDOWN", "READONLY", "CLUSTERDOWN", "TRYAGAIN", "BUSY",
+	"OOM", "NOREPLICAS", "NOAUTH", "WRONGPASS", "NOPERM", "ERR max number of clients",
+}
+
+func unavailable(err error) bool {
+	var re redis.Error
+	if errors.As(err, &re) && !isConnErr(err) {
+		msg := re.Error()
+		for _, p := range unavailableReplies {
+			if strings.HasPrefix(msg, p) {
+				return true
+			}
+		}
+		return false
+	}
+	// Anything that is not a reply from Redis is a failure to get one:
+	// dial and I/O errors, timeouts, a closed client or pool, a canceled
+	// context.
+	return true
+}
+
+// isConnErr reports errors that implement redis.Error but are transport
+// failures (go-redis marks some of them as redis errors).
+func isConnErr(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, redis.ErrClosed) || errors.Is(err, context.Canceled) ||
+		errors.Is(err, context.DeadlineExceeded)
+}
+
+// newLeaseID returns 128 random bits, URL-safe.
+func newLeaseID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// Script result codes: every state-changing script returns {code, details…}.
+const (
+	codeOK            = 0
+	codeDuplicate     = 1 // {1, stored record}
+	codeConflict      = 2
+	codeTerminal      = 3 // {3, state}
+	codeLeaseNotHeld  = 4
+	codeLeaseActive   = 5 // {5, expiry µs}
+	codePending       = 6 // {6, phase, retry_count}
+	codeMoved         = 7 // {7, actual phase[, bucket]}: the caller guessed keys wrong; rebuild and rerun
+	codeNotFound      = 8
+	codeNotFailed     = 9  // {9, state}
+	codeUnknownPhase  = 10 // {10, phase}
+	maxMovedAttempts  = 5
+	claimRounds       = 4
+	expireBatch       = 100
+	listScanPerCall   = 1000
+	defaultListLimit  = 50
+	statsHourMicros   = int64(store.StatsBucket / time.Microsecond)
+	scheduledEventTag = 's'
+)
+
+// luaPrelude is prepended to every script: the length-prefixed field
+// helpers of codec.go and the result codes. It is constant text; values
+// only ever reach a script through KEYS and ARGV.
+var luaPrelude = fmt.Sprintf(`
+local OK, DUPLICATE, CONFLICT, TERMINAL, LEASE_NOT_HELD, LEASE_ACTIVE = %d, %d, %d, %d, %d, %d
+local PENDING, MOVED, NOT_FOUND, NOT_FAILED, UNKNOWN_PHASE = %d, %d, %d, %d, %d
+-- ns encodes one length-prefixed field (codec.go).
+local function ns(s) return #s .. ':' .. s end
+-- fields decodes a string of length-prefixed fields into a list.
+local function fields(s)
+  local out, i = {}, 1
+  while i <= #s do
+    local c = string.find(s, ':', i, true)
+    local n = tonumber(string.sub(s, i, c - 1))
+    out[#out + 1] = string.sub(s, c + 1, c + n)
+    i = c + n + 1
+  end
+  return out
+end
+-- first decodes the first length-prefixed field only.
+local function first(s)
+  local c = string.find(s, ':', 1, true)
+  return string.sub(s, c + 1, c + tonumber(string.sub(s, 1, c - 1)))
+end
+-- bucket is the ListJobs bucket (keys.go) of a job's state and pending attempt.
+local function bucket(st, pd)
+  if st == '1' then
+    if pd and #fields(pd) == 3 then return 'b' end
+    return 'a'
+  end
+  if st == '2' then return 'f' end
+  if st == '3' then return 'c' end
+  return 'x'
+end
+`, codeOK, codeDuplicate, codeConflict, codeTerminal, codeLeaseNotHeld, codeLeaseActive,
+	codePending, codeMoved, codeNotFound, codeNotFailed, codeUnknownPhase)
+
+// newScript compiles a script body with the prelude.
+func newScript(body string) *redis.Script { return redis.NewScript(luaPrelude + body) }
+
+// run runs a script (EVALSHA, falling back to EVAL once per server) and
+// returns its reply as a list.
+func (s *Store) run(ctx context.Context, op string, script *redis.Script, keys []string, args ...any) ([]any, error) {
+	res, err := script.Run(ctx, s.client, keys, args...).Slice()
+	if err != nil {
+		return nil, s.wrap(op, err)
+	}
+	return res, nil
+}
+
+// replyCode returns the result code of a script reply.
+func replyCode(res []any) (int64, error) {
+	if len(res) == 0 {
+		return 0, errors.New("empty script reply")
+	}
+	c, ok := res[0].(int64)
+	if !ok {
+		return 0, fmt.Errorf("script reply starts with %T, not a code", res[0])
+	}
+	return c, nil
+}
+
+// replyString returns res[i] as a string ("" when absent or nil).
+func replyString(res []any, i int) string {
+	if i >= len(res) {
+		return ""
+	}
+	s, _ := res[i].(string)
+	return s
+}
+
+// stateName renders a stored state digit for messages.
+func stateName(digit string) string {
+	var p parser
+	return store.JobState(p.uint(digit)).String()
+}
+
+// statsHourOf is the Unix hour of t (floor).
+func statsHourOf(t time.Time) int64 {
+	us := store.NowMicros(t)
+	h := us / statsHourMicros
+	if us%statsHourMicros < 0 {
+		h--
+	}
+	return h
+}

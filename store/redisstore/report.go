@@ -1,0 +1,377 @@
+package redisstore
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/retryd/retryd/store"
+)
+
+// recordFailureScript applies a failed attempt and its verdict, after the
+// checks of the store package doc, in their order.
+//
+// KEYS[1] job hash             {P}:j:<job>
+// KEYS[2] attempts hash        {P}:a:<job>
+// KEYS[3] due set of the phase {P}:due:<ARGV[2]>
+// KEYS[4] lease set            {P}:leases
+// KEYS[5] index before         {P}:idx:a:<ARGV[21]> (an existing job that passes the checks is active)
+// KEYS[6] index after          {P}:idx:b:<ARGV[2]> (retry) or {P}:idx:f:<ARGV[2]> (give up)
+// KEYS[7] phase set            {P}:phases
+// KEYS[8] stats hash of the hour of ARGV[6]  {P}:stats:<hour>
+// KEYS[9] stats hour set       {P}:hours
+// ARGV[1]  job id
+// ARGV[2]  phase
+// ARGV[3]  retry_count
+// ARGV[4]  lease id, "" when unleased
+// ARGV[5]  "1" for the reaper's report of an expired lease
+// ARGV[6]  now, µs
+// ARGV[7]  started at, µs, "0" when unset
+// ARGV[8]  "1" when a payload is given, ARGV[9] the payload
+// ARGV[10] "1" when labels are given, ARGV[11] the encoded labels
+// ARGV[12] "1" retry, "2" give up
+// ARGV[13] next retry_count, ARGV[14] its due time, µs (retry)
+// ARGV[15] the attempt record's first fields (codec.go)
+// ARGV[16] error type, ARGV[17] error message
+// ARGV[18] stats field, ARGV[19] stats hour
+// ARGV[20] events channel
+// ARGV[21] the phase the caller expects the job to be in (for KEYS[5])
+// Returns {OK}; {DUPLICATE, record}; {CONFLICT}; {TERMINAL, state};
+// {LEASE_NOT_HELD}; {LEASE_ACTIVE, expiry}; {PENDING, phase, retry_count};
+// {MOVED, phase}: KEYS[5] is not the job's index, nothing was done.
+var recordFailureScript = newScript(`
+local job, att = KEYS[1], KEYS[2]
+local id, phase, rc, lease, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[6]
+local j = redis.call('HMGET', job, 'st', 'ph', 'cy', 'pd', 'n', 'nb', 'p:' .. phase)
+local st, ph, cy, pd, n, nb, blob = j[1], j[2], j[3], j[4], j[5], j[6], j[7]
+local p = pd and fields(pd) or {}
+local cur = false
+if not st then
+  if lease ~= '' then return {LEASE_NOT_HELD} end
+  cy = '1'
+end
+local afield = cy .. ':' .. rc .. ':' .. phase
+if st then
+  local a = redis.call('HMGET', att, afield, '#' .. (blob or ''))
+  if a[1] then
+    if first(a[1]) == '1' then return {DUPLICATE, a[1]} end
+    return {CONFLICT}
+  end
+  cur = a[2]
+  if st ~= '1' then return {TERMINAL, st} end
+  if lease ~= '' then
+    if p[4] ~= lease or p[1] ~= phase or p[2] ~= rc then return {LEASE_NOT_HELD} end
+    if ARGV[5] == '1' and tonumber(p[5]) > tonumber(now) then return {LEASE_ACTIVE, p[5]} end
+  elseif pd then
+    return {PENDING, p[1], p[2]}
+  end
+  if ph ~= ARGV[21] then return {MOVED, ph} end
+end
+
+local hset = {'ph', phase, 'ua', now, 'lf', afield}
+local hdel = {}
+local aset = {}
+if ARGV[8] == '1' and ARGV[9] ~= cur then
+  nb = tostring((tonumber(nb) or 0) + 1)
+  blob = nb
+  aset = {'#' .. nb, ARGV[9]}
+  table.insert(hset, 'nb'); table.insert(hset, nb)
+  table.insert(hset, 'p:' .. phase); table.insert(hset, nb)
+end
+local seq = tostring((tonumber(n) or 0) + 1)
+table.insert(hset, 'n'); table.insert(hset, seq)
+local started, worker = ARGV[7], ''
+if lease ~= '' then
+  worker = p[6]
+  if started == '0' then started = p[7] end
+elseif started == '0' then
+  started = now
+end
+table.insert(aset, afield)
+table.insert(aset, ARGV[15] .. ns(seq) .. ns(started) .. ns(worker) .. ns(blob or ''))
+redis.call('HSET', att, unpack(aset))
+
+if not st then
+  for _, v in ipairs({'cy', '1', 'ca', now}) do table.insert(hset, v) end
+end
+if ARGV[10] == '1' then
+  if ARGV[11] == '' then table.insert(hdel, 'lb')
+  else table.insert(hset, 'lb'); table.insert(hset, ARGV[11]) end
+end
+local events = ''
+if lease ~= '' then
+  redis.call('ZREM', KEYS[4], id)
+  events = 'r' .. ns(lease)
+end
+if ARGV[12] == '1' then
+  for _, v in ipairs({'st', '1', 'pd', ns(phase) .. ns(ARGV[13]) .. ns(ARGV[14])}) do table.insert(hset, v) end
+  redis.call('ZADD', KEYS[3], ARGV[14], id)
+  events = events .. 's' .. ns(phase) .. ns(ARGV[14])
+else
+  for _, v in ipairs({'st', '2', 'fe', ARGV[17], 'ft', ARGV[16], 'tr', rc}) do table.insert(hset, v) end
+  if pd then table.insert(hdel, 'pd') end
+end
+redis.call('HSET', job, unpack(hset))
+if #hdel > 0 then redis.call('HDEL', job, unpack(hdel)) end
+if st then redis.call('ZREM', KEYS[5], id) end
+redis.call('ZADD', KEYS[6], now, id)
+if ph ~= phase then redis.call('SADD', KEYS[7], phase) end
+if redis.call('HINCRBY', KEYS[8], ARGV[18], 1) == 1 then
+  redis.call('ZADD', KEYS[9], ARGV[19], ARGV[19])
+end
+if events ~= '' then redis.call('PUBLISH', ARGV[20], events) end
+return {OK}
+`)
+
+// RecordFailure applies a failed attempt and its verdict in one script.
+func (s *Store) RecordFailure(ctx context.Context, f store.Failure) (store.FailureResult, error) {
+	var outcome byte = 'r'
+	after := bucketBackoff
+	if f.Verdict.Decision != store.DecisionRetry {
+		outcome, after = 'g', bucketFailed
+	}
+	hour := statsHourOf(f.Now)
+	hasPayload, hasLabels := "0", "0"
+	if f.Payload != nil {
+		hasPayload = "1"
+	}
+	if f.Labels != nil {
+		hasLabels = "1"
+	}
+	started := "0"
+	if !f.StartedAt.IsZero() {
+		started = microsOf(f.StartedAt)
+	}
+	rec := encodeFailureRecord(f)
+	expected := f.Phase // a job is almost always reported in its current phase
+	for range maxMovedAttempts {
+		keys := []string{
+			s.k.job(f.JobID), s.k.attempts(f.JobID), s.k.due(f.Phase), s.k.leases(),
+			s.k.index(bucketActive, expected), s.k.index(after, f.Phase), s.k.phases(),
+			s.k.statsHour(hour), s.k.hours(),
+		}
+		res, err := s.run(ctx, "record failure", recordFailureScript, keys,
+			f.JobID, f.Phase, f.RetryCount, f.LeaseID, boolField(f.LeaseExpired),
+			microsOf(f.Now), started, hasPayload, f.Payload, hasLabels, encodeLabels(f.Labels),
+			int(f.Verdict.Decision), f.Verdict.NextRetryCount, dueOf(f.Verdict.DueAt),
+			rec, f.ErrorType, f.ErrorMessage,
+			statsField(outcome, f.RetryCount, f.Phase, f.ErrorType), hour,
+			s.k.events(), expected)
+		if err != nil {
+			return store.FailureResult{}, err
+		}
+		code, err := replyCode(res)
+		if err != nil {
+			return store.FailureResult{}, s.wrap("record failure", err)
+		}
+		switch code {
+		case codeOK:
+			return store.FailureResult{Verdict: f.Verdict}, nil
+		case codeDuplicate:
+			r, err := decodeRecord(attemptField(0, f.RetryCount, f.Phase), replyString(res, 1))
+			if err != nil {
+				return store.FailureResult{}, s.wrap("record failure", err)
+			}
+			return store.FailureResult{Verdict: r.attempt.Verdict, Duplicate: true}, nil
+		case codeMoved:
+			expected = replyString(res, 1)
+			continue
+		}
+		return store.FailureResult{}, reportError(code, res, f.JobID, f.Phase, f.RetryCount, f.LeaseID, "failed")
+	}
+	return store.FailureResult{}, fmt.Errorf("redisstore: record failure of job %q: its phase kept changing", f.JobID)
+}
+
+// recordSuccessScript applies a successful attempt, after the checks of
+// the store package doc, in their order.
+//
+// KEYS[1] job hash         {P}:j:<job>
+// KEYS[2] attempts hash    {P}:a:<job>
+// KEYS[3] lease set        {P}:leases
+// KEYS[4] index before     {P}:idx:a:<ARGV[18]>
+// KEYS[5] index after      {P}:idx:a:<ARGV[11]> (next phase) or {P}:idx:c:<ARGV[2]> (completed)
+// KEYS[6] phase set        {P}:phases
+// KEYS[7] stats hash of the hour of ARGV[5]
+// KEYS[8] stats hour set   {P}:hours
+// ARGV[1]  job id
+// ARGV[2]  phase
+// ARGV[3]  retry_count
+// ARGV[4]  lease id, "" when unleased
+// ARGV[5]  now, µs
+// ARGV[6]  started at, µs, "0" when unset
+// ARGV[7]  "1" when a payload is given, ARGV[8] the payload
+// ARGV[9]  "1" when labels are given, ARGV[10] the encoded labels
+// ARGV[11] next phase, "" to complete the job
+// ARGV[12] "1" when a next payload is given, ARGV[13] the next payload
+// ARGV[14] the attempt record's first fields (codec.go)
+// ARGV[15] stats field, ARGV[16] stats hour
+// ARGV[17] events channel
+// ARGV[18] the phase the caller expects the job to be in (for KEYS[4])
+// ARGV[19] the job state afterwards: "1" processing, "3" completed
+// Returns {OK}; {DUPLICATE, record}; {CONFLICT}; {TERMINAL, state};
+// {LEASE_NOT_HELD}; {PENDING, phase, retry_count}; {MOVED, phase}.
+var recordSuccessScript = newScript(`
+local job, att = KEYS[1], KEYS[2]
+local id, phase, rc, lease, now, nextp = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[11]
+local j = redis.call('HMGET', job, 'st', 'ph', 'cy', 'pd', 'n', 'nb', 'p:' .. phase, 'p:' .. nextp)
+local st, ph, cy, pd, n, nb, blob, nblob = j[1], j[2], j[3], j[4], j[5], j[6], j[7], j[8]
+local p = pd and fields(pd) or {}
+local cur, ncur = false, false
+if not st then
+  if lease ~= '' then return {LEASE_NOT_HELD} end
+  cy = '1'
+end
+local afield = cy .. ':' .. rc .. ':' .. phase
+if st then
+  local a = redis.call('HMGET', att, afield, '#' .. (blob or ''), '#' .. (nblob or ''))
+  if a[1] then
+    if first(a[1]) == '2' then return {DUPLICATE, a[1]} end
+    return {CONFLICT}
+  end
+  cur, ncur = a[2], a[3]
+  if st ~= '1' then return {TERMINAL, st} end
+  if lease ~= '' then
+    if p[4] ~= lease or p[1] ~= phase or p[2] ~= rc then return {LEASE_NOT_HELD} end
+  elseif pd then
+    return {PENDING, p[1], p[2]}
+  end
+  if ph ~= ARGV[18] then return {MOVED, ph} end
+end
+
+local hset = {'ua', now}
+local hdel = {}
+local aset = {}
+local newblob = function(bytes)
+  nb = tostring((tonumber(nb) or 0) + 1)
+  table.insert(aset, '#' .. nb); table.insert(aset, bytes)
+  return nb
+end
+if ARGV[7] == '1' and ARGV[8] ~= cur then
+  blob = newblob(ARGV[8])
+  table.insert(hset, 'p:' .. phase); table.insert(hset, blob)
+  if nextp == phase then nblob, ncur = blob, ARGV[8] end
+end
+if nextp ~= '' and ARGV[12] == '1' and ARGV[13] ~= ncur then
+  nblob = newblob(ARGV[13])
+  table.insert(hset, 'p:' .. nextp); table.insert(hset, nblob)
+end
+if #aset > 0 then table.insert(hset, 'nb'); table.insert(hset, nb) end
+local seq = tostring((tonumber(n) or 0) + 1)
+local started, worker = ARGV[6], ''
+if lease ~= '' then
+  worker = p[6]
+  if started == '0' then started = p[7] end
+elseif started == '0' then
+  started = now
+end
+table.insert(aset, afield)
+table.insert(aset, ARGV[14] .. ns(seq) .. ns(started) .. ns(worker) .. ns(blob or ''))
+redis.call('HSET', att, unpack(aset))
+
+local newph = phase
+if nextp ~= '' then newph = nextp end
+for _, v in ipairs({'n', seq, 'st', ARGV[19], 'ph', newph}) do table.insert(hset, v) end
+if not st then
+  for _, v in ipairs({'cy', '1', 'ca', now}) do table.insert(hset, v) end
+end
+if ARGV[9] == '1' then
+  if ARGV[10] == '' then table.insert(hdel, 'lb')
+  else table.insert(hset, 'lb'); table.insert(hset, ARGV[10]) end
+end
+if pd then table.insert(hdel, 'pd') end
+redis.call('HSET', job, unpack(hset))
+if #hdel > 0 then redis.call('HDEL', job, unpack(hdel)) end
+if lease ~= '' then redis.call('ZREM', KEYS[3], id) end
+if st then redis.call('ZREM', KEYS[4], id) end
+redis.call('ZADD', KEYS[5], now, id)
+if ph ~= newph then redis.call('SADD', KEYS[6], newph) end
+if redis.call('HINCRBY', KEYS[7], ARGV[15], 1) == 1 then
+  redis.call('ZADD', KEYS[8], ARGV[16], ARGV[16])
+end
+if lease ~= '' then redis.call('PUBLISH', ARGV[17], 'r' .. ns(lease)) end
+return {OK}
+`)
+
+// RecordSuccess applies a successful attempt in one script.
+func (s *Store) RecordSuccess(ctx context.Context, sc store.Success) (store.SuccessResult, error) {
+	after, afterBucket, afterPhase := store.StateCompleted, bucketCompleted, sc.Phase
+	if sc.NextPhase != "" {
+		after, afterBucket, afterPhase = store.StateProcessing, bucketActive, sc.NextPhase
+	}
+	hour := statsHourOf(sc.Now)
+	hasPayload, hasLabels, hasNext := "0", "0", "0"
+	if sc.Payload != nil {
+		hasPayload = "1"
+	}
+	if sc.Labels != nil {
+		hasLabels = "1"
+	}
+	if sc.NextPayload != nil {
+		hasNext = "1"
+	}
+	started := "0"
+	if !sc.StartedAt.IsZero() {
+		started = microsOf(sc.StartedAt)
+	}
+	rec := encodeSuccessRecord(sc, after)
+	expected := sc.Phase
+	for range maxMovedAttempts {
+		keys := []string{
+			s.k.job(sc.JobID), s.k.attempts(sc.JobID), s.k.leases(),
+			s.k.index(bucketActive, expected), s.k.index(afterBucket, afterPhase), s.k.phases(),
+			s.k.statsHour(hour), s.k.hours(),
+		}
+		res, err := s.run(ctx, "record success", recordSuccessScript, keys,
+			sc.JobID, sc.Phase, sc.RetryCount, sc.LeaseID, microsOf(sc.Now), started,
+			hasPayload, sc.Payload, hasLabels, encodeLabels(sc.Labels),
+			sc.NextPhase, hasNext, sc.NextPayload, rec,
+			statsField('s', sc.RetryCount, sc.Phase, ""), hour, s.k.events(), expected, int(after))
+		if err != nil {
+			return store.SuccessResult{}, err
+		}
+		code, err := replyCode(res)
+		if err != nil {
+			return store.SuccessResult{}, s.wrap("record success", err)
+		}
+		switch code {
+		case codeOK:
+			return store.SuccessResult{State: after}, nil
+		case codeDuplicate:
+			r, err := decodeRecord(attemptField(0, sc.RetryCount, sc.Phase), replyString(res, 1))
+			if err != nil {
+				return store.SuccessResult{}, s.wrap("record success", err)
+			}
+			return store.SuccessResult{State: r.state, Duplicate: true}, nil
+		case codeMoved:
+			expected = replyString(res, 1)
+			continue
+		}
+		return store.SuccessResult{}, reportError(code, res, sc.JobID, sc.Phase, sc.RetryCount, sc.LeaseID, "succeeded")
+	}
+	return store.SuccessResult{}, fmt.Errorf("redisstore: record success of job %q: its phase kept changing", sc.JobID)
+}
+
+// reportError maps a refusal of a report to its sentinel, with a message
+// naming the job, the attempt, the lease and the state involved.
+func reportError(code int64, res []any, jobID, phase string, rc uint32, leaseID, outcome string) error {
+	attempt := fmt.Sprintf("job %q %s #%d", jobID, phase, rc)
+	switch code {
+	case codeConflict:
+		other := "succeeded"
+		if outcome == "succeeded" {
+			other = "failed"
+		}
+		return fmt.Errorf("%w: %s was already recorded as %s", store.ErrConflict, attempt, other)
+	case codeTerminal:
+		return fmt.Errorf("%w: job %q is %s", store.ErrJobTerminal, jobID, stateName(replyString(res, 1)))
+	case codeLeaseNotHeld:
+		return fmt.Errorf("%w: lease %q is not the current lease of %s", store.ErrLeaseNotHeld, leaseID, attempt)
+	case codeLeaseActive:
+		var p parser
+		return fmt.Errorf("%w: lease %q of %s is held until %s", store.ErrLeaseActive, leaseID, attempt,
+			p.micros(replyString(res, 1)).Format("2006-01-02T15:04:05.999999Z07:00"))
+	case codePending:
+		return fmt.Errorf("%w: job %q has %s #%s pending; report it with the lease of its task",
+			store.ErrAttemptPending, jobID, replyString(res, 1), replyString(res, 2))
+	}
+	return fmt.Errorf("redisstore: report of %s: unexpected script result %d", attempt, code)
+}
