@@ -35,7 +35,7 @@ def test_consumer_runs_retries_until_success(start_retryd):
             raise ConnectionError("still down")
         return {"pages": 7}
 
-    consumer = retryd.Consumer("extraction", handler, client=retryd.RetryClient(server.target), max_in_flight=2)
+    consumer = retryd.Consumer("extraction", handler, client=server.target, max_in_flight=2)
     t = run_in_thread(consumer)
     job_id = new_id("consumer")
     # The original attempt ran elsewhere and failed: retryd owns it from here.
@@ -54,7 +54,7 @@ def test_consumer_runs_retries_until_success(start_retryd):
 
 def test_lease_is_extended_for_a_handler_longer_than_the_lease(start_retryd):
     server = start_retryd(lease="300ms")
-    consumer = retryd.Consumer("extraction", lambda task: time.sleep(1.0), client=retryd.RetryClient(server.target),
+    consumer = retryd.Consumer("extraction", lambda task: time.sleep(1.0), client=server.target,
                                lease_duration=0.3)
     t = run_in_thread(consumer)
     job_id = new_id("long")

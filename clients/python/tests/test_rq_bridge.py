@@ -161,6 +161,18 @@ def test_killing_the_bridge_loses_nothing_and_runs_nothing_twice(pipeline):
         return sum(1 for j in jobs for rc in p.runs(j) if rc > 0)
 
     wait_for(lambda: retries_run() >= 2, 30, "the first retries to run through the bridge")
+    # Freeze the bridge until retryd has handed it an attempt it could not
+    # enqueue (leased, yet absent from RQ), then kill it: the worst moment.
+    bridge.send(signal.SIGSTOP)
+
+    def leased_but_not_enqueued():
+        for j in jobs:
+            job = p.server.job(j)
+            if job.lease_id and not Job.exists(f"{j}:extraction:{job.pending_retry_count}", connection=p.conn):
+                return j
+        return None
+
+    stranded = wait_for(leased_but_not_enqueued, 30, "an attempt leased to the frozen bridge")
     bridge.kill()
     killed_after = retries_run()
     p.bridge("extraction", "rq_tasks.flaky_extract", "--lease-duration", "1s", "--max-in-flight", "4")
@@ -175,3 +187,7 @@ def test_killing_the_bridge_loses_nothing_and_runs_nothing_twice(pipeline):
         assert ran == recorded, f"{j}: ran {ran}, recorded {statuses(job)}"
         assert job.attempts[-1].status == ASUCCEEDED
     assert killed_after < n, "the bridge was killed after every retry had already run; the test proved nothing"
+    # The stranded attempt was not lost: its lease lapsed, retryd recorded
+    # it (LeaseExpired) and dispatched the next retry to the new bridge.
+    job = p.server.job(stranded)
+    assert "LeaseExpired" in [a.error_type for a in job.attempts], statuses(job)
