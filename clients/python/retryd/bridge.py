@@ -230,7 +230,7 @@ class RQBridge:
                         log.info("enqueued %s (job %s %s retry %d)", job_id, task.job_id, task.phase, task.retry_count)
                     elif status in self._NOT_STARTED:
                         job = Job.fetch(job_id, connection=connection, serializer=self.queue.serializer)
-                        job.args  # decode the stored call first: RQ rebuilds it from all four parts
+                        _ = job.args  # decode the stored call first: RQ rebuilds it from all four parts
                         job.kwargs = kwargs
                         pipe.multi()
                         job.save(pipeline=pipe, include_meta=False, include_result=False)
