@@ -47,7 +47,6 @@ import os
 import re
 import signal
 import sys
-import threading
 import time
 from typing import Optional, Sequence
 

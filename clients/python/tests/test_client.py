@@ -15,7 +15,6 @@ from fakes import FakeServer
 from retryd import RetryClient, RPCError
 from retryd.client import service_config
 from retryd.payload import from_struct
-from retryd.v1 import types_pb2
 from rq_tasks import ValidationError, http_error
 
 

@@ -5,7 +5,6 @@ import threading
 import time
 import uuid
 
-import pytest
 
 import retryd
 from conftest import wait_for

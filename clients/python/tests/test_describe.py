@@ -1,6 +1,5 @@
 """What a failed attempt reports about its exception decides its retry."""
 
-import datetime as dt
 import email.utils
 import urllib.error
 

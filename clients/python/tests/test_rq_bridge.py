@@ -82,8 +82,10 @@ def statuses(job):
     "worker_kind, store, task",
     [
         ("simple", "embedded", "rq_tasks.flaky_extract"),
-        # RQ's default worker forks a work horse per job; retryd on Redis; the async task.
-        ("fork", "redis", "rq_tasks.flaky_extract_async"),
+        # RQ's default Worker forks a work horse per job; retryd on its Redis store.
+        ("fork", "redis", "rq_tasks.flaky_extract"),
+        # The specification's task is async; RQ runs it in an event loop.
+        ("fork", "embedded", "rq_tasks.flaky_extract_async"),
     ],
 )
 def test_flaky_task_completes_after_two_retries(pipeline, worker_kind, store, task):
