@@ -193,3 +193,12 @@ def test_killing_the_bridge_loses_nothing_and_runs_nothing_twice(pipeline):
     # it (LeaseExpired) and dispatched the next retry to the new bridge.
     job = p.server.job(stranded)
     assert "LeaseExpired" in [a.error_type for a in job.attempts], statuses(job)
+
+
+def test_bridge_stops_cleanly_on_sigterm(pipeline):
+    p = pipeline()
+    bridge = p.bridge("extraction", "rq_tasks.flaky_extract")
+    wait_for(lambda: "bridging retryd" in bridge.log(), 15, "the bridge to start")
+    bridge.send(signal.SIGTERM)
+    assert bridge.popen.wait(10) == 0, bridge.log()
+    assert "bridge stopped: 0 enqueued" in bridge.log()
