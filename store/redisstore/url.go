@@ -155,23 +155,32 @@ func parseClusterURL(base, rest string) (*redis.ClusterOptions, error) {
 	return redis.ParseClusterURL(u.String())
 }
 
-// redact hides a URL's password in messages.
+// redact hides the passwords of a URL (user info, password options) in
+// messages. It works on text that may not parse as a URL.
 func redact(rawURL string) string {
 	scheme, rest, ok := strings.Cut(rawURL, "://")
 	if !ok {
-		return rawURL
+		scheme, rest = "", rawURL
+	} else {
+		scheme += "://"
 	}
-	authority := rest
+	authority, tail := rest, ""
 	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
-		authority = rest[:i]
+		authority, tail = rest[:i], rest[i:]
 	}
-	at := strings.LastIndexByte(authority, '@')
-	if at < 0 {
-		return rawURL
+	if at := strings.LastIndexByte(authority, '@'); at >= 0 {
+		if user, _, hasPass := strings.Cut(authority[:at], ":"); hasPass {
+			authority = user + ":xxxxx" + authority[at:]
+		}
 	}
-	user, _, hasPass := strings.Cut(authority[:at], ":")
-	if !hasPass {
-		return rawURL
+	if q := strings.IndexByte(tail, '?'); q >= 0 {
+		params := strings.Split(tail[q+1:], "&")
+		for i, p := range params {
+			if name, _, ok := strings.Cut(p, "="); ok && strings.HasSuffix(name, "password") {
+				params[i] = name + "=xxxxx"
+			}
+		}
+		tail = tail[:q+1] + strings.Join(params, "&")
 	}
-	return scheme + "://" + user + ":xxxxx" + rest[at:]
+	return scheme + authority + tail
 }

@@ -1,0 +1,112 @@
+// Package redisstore is the production store.Store: Redis (single server,
+// Sentinel or Cluster), shared by any number of retryd replicas.
+//
+//	st, err := redisstore.Open(ctx, "redis://localhost:6379/0", redisstore.Options{})
+//
+// Open accepts redis://, rediss://, unix://, redis+sentinel:// and
+// redis+cluster:// URLs (see NewClient); New wraps a client the caller made.
+//
+// # Atomicity
+//
+// Every change of state (RecordFailure, RecordSuccess, Claim, ExtendLease,
+// ReturnLease, RetryJob, CancelJob, Expire) is one Lua script, run with
+// EVALSHA: the checks of the store package doc and the writes they guard
+// happen in one step that no other client interleaves with, whichever
+// replica sends it. A report is acknowledged after the script returns, that
+// is after Redis applied it; how durable that is is Redis's persistence
+// setting (appendonly yes with appendfsync always keeps every acknowledged
+// report across a crash; everysec may lose the last second). Reads
+// (GetJob, ListJobs, Stats, NextDue, NextLeaseExpiry, ExpiredLeases) are
+// plain commands and pipelines.
+//
+// Every key a script touches is passed in KEYS, and every key starts with
+// the hash tag "{<prefix>}", so on Redis Cluster all of a store's keys live
+// in one hash slot (one shard) and every script is legal there. Values (ids,
+// phases, messages, payloads, labels) reach scripts only through ARGV and
+// are stored as they are, byte for byte.
+//
+// Some keys depend on a job's current phase, which only the stored job
+// knows (its ListJobs index, its due set). The Go side passes the keys it
+// expects (for a report: the report's phase; for RetryJob, CancelJob and
+// ReturnLease: what it just read), the script checks the expectation before
+// writing anything, and answers MOVED when it was wrong; the call is then
+// rebuilt and rerun.
+//
+// Events (store.Event) are published by the scripts on the channel
+// {<prefix>}:events, so every replica's Subscribe sees every replica's
+// schedules and lease releases.
+//
+// # Data layout
+//
+// {P} stands for "{<prefix>}", <job> for a job id, <phase> for a phase name,
+// µs for decimal Unix microseconds (due times and expiries rounded up,
+// other times rounded down: store.DueMicros, store.NowMicros).
+//
+//	key                       type     holds
+//	{P}:j:<job>               hash     the job (fields below)
+//	{P}:a:<job>               hash     its attempts: "<cycle>:<retry_count>:<phase>" → attempt record;
+//	                                   its payloads: "#<n>" → payload bytes
+//	{P}:due:<phase>           zset     scheduled, unleased attempts: member job id, score due µs
+//	{P}:leases                zset     leased attempts: member job id, score lease expiry µs
+//	{P}:idx:<bucket>:<phase>  zset     ListJobs index: member job id, score updated µs; phase is
+//	                                   the job's current phase; bucket a = processing, nothing
+//	                                   in backoff; b = in backoff; f = failed; c = completed;
+//	                                   x = canceled
+//	{P}:phases                set      every phase that has been a job's current phase (which
+//	                                   due and index keys may exist)
+//	{P}:stats:<hour>          hash     counters of the attempts finished in that hour (Unix
+//	                                   hours), one field per kind (below)
+//	{P}:hours                 zset     the hours that have a stats hash: member and score the hour
+//	{P}:events                channel  Pub/Sub channel (not a key) of event messages (below)
+//
+// Fields of the job hash {P}:j:<job> (short names: a job hash is kept small
+// enough for Redis's compact listpack encoding):
+//
+//	st        state: 1 processing, 2 failed, 3 completed, 4 canceled
+//	ph        current phase
+//	cy        cycle (1, +1 per RetryJob)
+//	lb        labels, encoded as fields key, value, key, value… sorted by key; absent = none
+//	ca, ua    created, updated µs
+//	pd        the pending attempt, absent when none: fields phase, retry_count, due µs;
+//	          leased: also lease id, lease expiry µs, worker id, leased-at µs
+//	lf        the attempts-hash field of the most recent failed attempt
+//	fe, ft    final error and error type (give-up verdict; a cancel's reason in fe)
+//	tr        total retries (the retry_count of the give-up)
+//	n         attempts recorded (the newest attempt's sequence number)
+//	nb        payloads stored (the newest payload's number)
+//	p:<phase> number n of the phase's current payload, stored as "#n" in {P}:a:<job>
+//
+// A payload is stored once per job and change: an attempt reported
+// without a payload, or with the same bytes as the phase's current payload,
+// refers to the stored one by number.
+//
+// "Fields" are length-prefixed: "<decimal byte length>:<bytes>",
+// concatenated ("10:extraction1:3" is extraction, 3). An attempt record
+// has 17 fields: status (1 failed, 2 succeeded), finished µs, error type,
+// error message, HTTP status, output, then the verdict — decision (1 retry,
+// 2 give up, empty for a success), retryable (1/0), reason, next
+// retry_count, delay ns, due (Unix ns) —, the job state a success left (its
+// answer to a repeat), then, added by the script: sequence number (history
+// order), started µs, worker id, payload number.
+//
+// A stats field is the outcome ("s" succeeded, "r" failed and retried, "g"
+// failed and given up), "1" if retry_count > 0 else "0", the phase as a
+// length-prefixed field, and the error type (failures); its value counts
+// such attempts. One HINCRBY per attempt keeps every counter of
+// store.PhaseStats.
+//
+// An event message is one or more events: "s" phase-field due-µs-field
+// (EventScheduled) or "r" lease-id-field (EventLeaseReleased).
+//
+// # Cost
+//
+// Measured with redis-server 7.0 on a unix socket (BenchmarkRecordFailure,
+// BenchmarkClaim; commands from INFO commandstats, each command a script
+// calls included): a first report is 9 commands, a leased retry's failure
+// 11, a repeated report 3, a Claim of one task 9 (7.2 per task when
+// claiming 10). A pending retry (job, first attempt, due and index
+// entries, 36-byte job id, typical labels and error message) takes about
+// 1.3 KB of Redis memory besides its payload; raising
+// hash-max-listpack-value to 1024 in redis.conf keeps the attempts hash in
+// the compact encoding too and saves about 200 bytes of that.
+package redisstore
