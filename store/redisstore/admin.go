@@ -2,7 +2,6 @@ package redisstore
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -192,11 +191,11 @@ func bucketOf(state, pd string) bucket {
 // jobFromReply decodes {OK, HGETALL job, last failure record} into a Job.
 func (s *Store) jobFromReply(jobID string, res []any, op string) (store.Job, error) {
 	if len(res) < 3 {
-		return store.Job{}, s.wrap(op, errors.New("short script reply"))
+		return store.Job{}, s.wrap(op, fmt.Errorf("%w: short script reply", errCorrupt))
 	}
 	flat, ok := res[1].([]any)
 	if !ok || len(flat)%2 != 0 {
-		return store.Job{}, s.wrap(op, fmt.Errorf("bad job in script reply: %T", res[1]))
+		return store.Job{}, s.wrap(op, fmt.Errorf("%w: bad job in script reply: %T", errCorrupt, res[1]))
 	}
 	h := make(map[string]string, len(flat)/2)
 	for i := 0; i < len(flat); i += 2 {

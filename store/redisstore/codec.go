@@ -2,7 +2,6 @@ package redisstore
 
 import (
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -32,11 +31,11 @@ func splitFields(s string) ([]string, error) {
 	for len(s) > 0 {
 		colon := strings.IndexByte(s, ':')
 		if colon < 1 {
-			return nil, errors.New("field without length")
+			return nil, fmt.Errorf("%w: field without length", errCorrupt)
 		}
 		n, err := strconv.Atoi(s[:colon])
 		if err != nil || n < 0 || n > len(s)-colon-1 {
-			return nil, fmt.Errorf("bad field length %q", s[:colon])
+			return nil, fmt.Errorf("%w: bad field length %q", errCorrupt, s[:colon])
 		}
 		out = append(out, s[colon+1:colon+1+n])
 		s = s[colon+1+n:]
@@ -61,7 +60,7 @@ func decodeLabels(s string) (map[string]string, error) {
 	}
 	f, err := splitFields(s)
 	if err != nil || len(f)%2 != 0 {
-		return nil, fmt.Errorf("bad labels encoding: %v", err)
+		return nil, fmt.Errorf("%w: bad labels encoding (%d fields)", errCorrupt, len(f))
 	}
 	out := make(map[string]string, len(f)/2)
 	for i := 0; i < len(f); i += 2 {
@@ -151,7 +150,7 @@ func decodeRecord(field, value string) (record, error) {
 		return r, fmt.Errorf("attempt %q: %w", field, err)
 	}
 	if len(f) != recFields {
-		return r, fmt.Errorf("attempt %q: %d fields, want %d", field, len(f), recFields)
+		return r, fmt.Errorf("%w: attempt %q: %d fields, want %d", errCorrupt, field, len(f), recFields)
 	}
 	var p parser
 	a := store.Attempt{
@@ -198,12 +197,12 @@ func attemptField(cycle, retryCount uint32, phase string) string {
 func parseAttemptField(field string) (cycle, retryCount uint32, phase string, err error) {
 	parts := strings.SplitN(field, ":", 3)
 	if len(parts) != 3 {
-		return 0, 0, "", fmt.Errorf("bad attempt field %q", field)
+		return 0, 0, "", fmt.Errorf("%w: bad attempt field %q", errCorrupt, field)
 	}
 	var p parser
 	cycle, retryCount = uint32(p.uint(parts[0])), uint32(p.uint(parts[1]))
 	if p.err != nil {
-		return 0, 0, "", fmt.Errorf("bad attempt field %q: %w", field, p.err)
+		return 0, 0, "", fmt.Errorf("%w: bad attempt field %q: %w", errCorrupt, field, p.err)
 	}
 	return cycle, retryCount, parts[2], nil
 }
@@ -226,7 +225,7 @@ func decodePending(s string) (pending, error) {
 		return pending{}, fmt.Errorf("pending attempt: %w", err)
 	}
 	if len(f) != 3 && len(f) != 7 {
-		return pending{}, fmt.Errorf("pending attempt: %d fields", len(f))
+		return pending{}, fmt.Errorf("%w: pending attempt: %d fields", errCorrupt, len(f))
 	}
 	var p parser
 	pd := pending{phase: f[0], retryCount: uint32(p.uint(f[1])), due: p.micros(f[2])}
@@ -264,17 +263,17 @@ type statsKey struct {
 
 func parseStatsField(s string) (statsKey, error) {
 	if len(s) < 4 {
-		return statsKey{}, fmt.Errorf("bad stats field %q", s)
+		return statsKey{}, fmt.Errorf("%w: bad stats field %q", errCorrupt, s)
 	}
 	k := statsKey{outcome: s[0], retried: s[1] == '1'}
 	rest := s[2:]
 	colon := strings.IndexByte(rest, ':')
 	if colon < 1 {
-		return statsKey{}, fmt.Errorf("bad stats field %q", s)
+		return statsKey{}, fmt.Errorf("%w: bad stats field %q", errCorrupt, s)
 	}
 	n, err := strconv.Atoi(rest[:colon])
 	if err != nil || n < 0 || n > len(rest)-colon-1 {
-		return statsKey{}, fmt.Errorf("bad stats field %q", s)
+		return statsKey{}, fmt.Errorf("%w: bad stats field %q", errCorrupt, s)
 	}
 	k.phase = rest[colon+1 : colon+1+n]
 	k.errorType = rest[colon+1+n:]
@@ -294,17 +293,17 @@ func decodeEvents(msg string) ([]store.Event, error) {
 		if kind == 's' {
 			n = 2
 		} else if kind != 'r' {
-			return nil, fmt.Errorf("unknown event kind %q", kind)
+			return nil, fmt.Errorf("%w: unknown event kind %q", errCorrupt, kind)
 		}
 		var f []string
 		for range n {
 			colon := strings.IndexByte(msg, ':')
 			if colon < 1 {
-				return nil, errors.New("bad event field")
+				return nil, fmt.Errorf("%w: bad event field", errCorrupt)
 			}
 			l, err := strconv.Atoi(msg[:colon])
 			if err != nil || l < 0 || l > len(msg)-colon-1 {
-				return nil, errors.New("bad event field length")
+				return nil, fmt.Errorf("%w: bad event field length", errCorrupt)
 			}
 			f = append(f, msg[colon+1:colon+1+l])
 			msg = msg[colon+1+l:]
@@ -385,7 +384,7 @@ func (p *parser) int(s string) int64 {
 	}
 	v, err := strconv.ParseInt(s, 10, 64)
 	if err != nil && p.err == nil {
-		p.err = fmt.Errorf("bad number %q", s)
+		p.err = fmt.Errorf("%w: bad number %q", errCorrupt, s)
 	}
 	return v
 }
@@ -396,7 +395,7 @@ func (p *parser) uint(s string) uint64 {
 	}
 	v, err := strconv.ParseUint(s, 10, 32)
 	if err != nil && p.err == nil {
-		p.err = fmt.Errorf("bad number %q", s)
+		p.err = fmt.Errorf("%w: bad number %q", errCorrupt, s)
 	}
 	return v
 }

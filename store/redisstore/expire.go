@@ -132,7 +132,7 @@ func (s *Store) expireStats(ctx context.Context, cutoff time.Time) error {
 		for _, h := range hours {
 			hour, err := strconv.ParseInt(h, 10, 64)
 			if err != nil {
-				return s.wrap("expire stats", fmt.Errorf("bad member %q of %s", h, s.k.hours()))
+				return s.wrap("expire stats", fmt.Errorf("%w: bad member %q of %s", errCorrupt, h, s.k.hours()))
 			}
 			keys = append(keys, s.k.statsHour(hour))
 			args = append(args, h)

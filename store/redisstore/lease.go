@@ -94,7 +94,7 @@ func (s *Store) Claim(ctx context.Context, c store.ClaimRequest) ([]store.Task, 
 		for _, r := range res {
 			t, err := decodeTask(r, c.Now.Add(c.LeaseFor))
 			if err != nil {
-				return tasks, s.wrap("claim", err)
+				return claimed(tasks, s.wrap("claim", err))
 			}
 			tasks = append(tasks, t)
 		}
@@ -148,7 +148,7 @@ func (s *Store) dueCandidates(ctx context.Context, phases []string, now int64, l
 func decodeTask(r any, expires time.Time) (store.Task, error) {
 	f, ok := r.([]any)
 	if !ok || len(f) != 8 {
-		return store.Task{}, fmt.Errorf("bad claim reply %v", r)
+		return store.Task{}, fmt.Errorf("%w: bad claim reply %v", errCorrupt, r)
 	}
 	str := func(i int) string { s, _ := f[i].(string); return s }
 	labels, err := decodeLabels(str(6))

@@ -134,7 +134,7 @@ func (s *Store) GetJob(ctx context.Context, jobID string) (store.Job, error) {
 		if r.blob != "" {
 			blob, ok := a["#"+r.blob]
 			if !ok {
-				return store.Job{}, s.wrap("get job", fmt.Errorf("job %q: attempt %q names missing payload %s", jobID, field, r.blob))
+				return store.Job{}, s.wrap("get job", fmt.Errorf("%w: job %q: attempt %q names missing payload %s", errCorrupt, jobID, field, r.blob))
 			}
 			r.attempt.Payload = bytesOrNil(blob)
 		}
@@ -367,7 +367,7 @@ func (s *Store) Stats(ctx context.Context, q store.StatsQuery) ([]store.PhaseSta
 	for i, h := range hours {
 		hour, err := strconv.ParseInt(h, 10, 64)
 		if err != nil {
-			return nil, s.wrap("stats", fmt.Errorf("bad stats hour %q", h))
+			return nil, s.wrap("stats", fmt.Errorf("%w: bad stats hour %q", errCorrupt, h))
 		}
 		cmds[i] = pipe.HGetAll(ctx, s.k.statsHour(hour))
 	}
@@ -386,7 +386,7 @@ func (s *Store) Stats(ctx context.Context, q store.StatsQuery) ([]store.PhaseSta
 			}
 			n, err := strconv.ParseUint(v, 10, 64)
 			if err != nil {
-				return nil, s.wrap("stats", fmt.Errorf("bad counter %q of %q", v, field))
+				return nil, s.wrap("stats", fmt.Errorf("%w: bad counter %q of %q", errCorrupt, v, field))
 			}
 			ps := byPhase[k.phase]
 			if ps == nil {

@@ -181,7 +181,15 @@ var unavailableReplies = []string{
 	"OOM", "NOREPLICAS", "NOAUTH", "WRONGPASS", "NOPERM", "ERR max number of clients",
 }
 
+// errCorrupt marks a stored value or script reply the store cannot decode
+// (a bug, or a foreign writer under our prefix). It is never reported as
+// store.ErrUnavailable: retrying would not help.
+var errCorrupt = errors.New("corrupt data")
+
 func unavailable(err error) bool {
+	if errors.Is(err, errCorrupt) {
+		return false
+	}
 	var re redis.Error
 	if errors.As(err, &re) && !isConnErr(err) {
 		msg := re.Error()
@@ -215,25 +223,37 @@ func newLeaseID() string {
 
 // Script result codes: every state-changing script returns {code, details…}.
 const (
-	codeOK            = 0
-	codeDuplicate     = 1 // {1, stored record}
-	codeConflict      = 2
-	codeTerminal      = 3 // {3, state}
-	codeLeaseNotHeld  = 4
-	codeLeaseActive   = 5 // {5, expiry µs}
-	codePending       = 6 // {6, phase, retry_count}
-	codeMoved         = 7 // {7, actual phase[, bucket]}: the caller guessed keys wrong; rebuild and rerun
-	codeNotFound      = 8
-	codeNotFailed     = 9  // {9, state}
-	codeUnknownPhase  = 10 // {10, phase}
-	maxMovedAttempts  = 5
-	claimRounds       = 4
-	expireBatch       = 100
-	listScanPerCall   = 1000
-	defaultListLimit  = 50
-	statsHourMicros   = int64(store.StatsBucket / time.Microsecond)
-	scheduledEventTag = 's'
+	codeOK           = 0
+	codeDuplicate    = 1 // {1, stored record}
+	codeConflict     = 2
+	codeTerminal     = 3 // {3, state}
+	codeLeaseNotHeld = 4
+	codeLeaseActive  = 5  // {5, expiry µs}
+	codePending      = 6  // {6, phase, retry_count}
+	codeMoved        = 7  // {7, actual phase[, bucket]}: the keys were guessed wrong; rebuild and rerun
+	codeNotFound     = 8  //
+	codeNotFailed    = 9  // {9, state}
+	codeUnknownPhase = 10 // {10, phase}
 )
+
+// Bounds of the Go loops around scripts and scans.
+const (
+	// maxMovedAttempts bounds the reruns after codeMoved: a job changes
+	// phase at most once per report, so more means it is being hammered.
+	maxMovedAttempts = 5
+	// claimRounds bounds the reads of the due sets per Claim: a round only
+	// comes up short when concurrent claimers took some candidates.
+	claimRounds = 4
+	// expireBatch is the number of jobs (or stats hours) per Expire script.
+	expireBatch = 100
+	// listScanPerCall bounds the index entries one ListJobs call looks at.
+	listScanPerCall = 1000
+	// defaultListLimit is the page size when ListQuery.Limit is not set.
+	defaultListLimit = 50
+)
+
+// statsHourMicros is store.StatsBucket in µs.
+const statsHourMicros = int64(store.StatsBucket / time.Microsecond)
 
 // luaPrelude is prepended to every script: the length-prefixed field
 // helpers of codec.go and the result codes. It is constant text; values
@@ -288,11 +308,11 @@ func (s *Store) run(ctx context.Context, op string, script *redis.Script, keys [
 // replyCode returns the result code of a script reply.
 func replyCode(res []any) (int64, error) {
 	if len(res) == 0 {
-		return 0, errors.New("empty script reply")
+		return 0, fmt.Errorf("%w: empty script reply", errCorrupt)
 	}
 	c, ok := res[0].(int64)
 	if !ok {
-		return 0, fmt.Errorf("script reply starts with %T, not a code", res[0])
+		return 0, fmt.Errorf("%w: script reply starts with %T, not a code", errCorrupt, res[0])
 	}
 	return c, nil
 }

@@ -382,3 +382,15 @@ func requireClosed(t *testing.T, ch <-chan store.Event) {
 		}
 	}
 }
+
+// TestCorruptDataIsNotUnavailable: a value the store cannot decode is an
+// internal error, not store.ErrUnavailable (a retry would not help).
+func TestCorruptDataIsNotUnavailable(t *testing.T) {
+	h := setup(t)
+	h.seed(scheduledState())
+	require.NoError(t, h.rdb.HSet(h.ctx, "{t}:j:job-1", "pd", "garbage").Err())
+	_, err := h.s.GetJob(h.ctx, "job-1")
+	require.Error(t, err)
+	require.NotErrorIs(t, err, store.ErrUnavailable)
+	require.ErrorContains(t, err, "corrupt data")
+}
