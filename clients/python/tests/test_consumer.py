@@ -52,16 +52,16 @@ def test_consumer_runs_retries_until_success(start_retryd):
 
 
 def test_lease_is_extended_for_a_handler_longer_than_the_lease(start_retryd):
-    server = start_retryd(lease="300ms")
-    consumer = retryd.Consumer("extraction", lambda task: time.sleep(1.0), client=server.target,
-                               lease_duration=0.3)
+    server = start_retryd(lease="1s")
+    consumer = retryd.Consumer("extraction", lambda task: time.sleep(2.5), client=server.target,
+                               lease_duration=1.0)
     t = run_in_thread(consumer)
     job_id = new_id("long")
     server.client.report_failure(job_id, "extraction", 0, ConnectionError("down"))
     job = server.wait_state(job_id, [COMPLETED, FAILED])
     consumer.stop()
     t.join(10)
-    # No LeaseExpired attempt: the 1s handler held its 300ms lease throughout.
+    # No LeaseExpired attempt: the 2.5s handler held its 1s lease throughout.
     assert [(a.retry_count, a.error_type) for a in job.attempts] == [(0, "ConnectionError"), (1, "")]
     assert job.state == COMPLETED
 

@@ -103,7 +103,7 @@ def test_long_task_keeps_extending_its_lease(fake, client):
 
     slow(job_id="job-6", retry_count=1, lease_id="L6")
     # One extension before running, then one roughly every 0.2s (half the 0.4s left).
-    assert len(fake.service.calls("ExtendLease")) >= 4
+    assert len(fake.service.calls("ExtendLease")) >= 3
     assert all(r.extend_by.ToNanoseconds() == 400_000_000 for r in fake.service.calls("ExtendLease"))
 
 

@@ -56,18 +56,23 @@ class Pipeline:
 
 @pytest.fixture
 def pipeline(start_retryd, rq_redis, procs, tmp_path, request):
-    made = []
+    made, redises = [], []
 
     def make(store: str = "embedded", **retryd_opts) -> Pipeline:
         redis_url = None
         if store == "redis":
-            redis_url = start_redis(tmp_path, f"retryd-redis-{len(made)}").url
+            redises.append(start_redis(tmp_path, f"retryd-redis-{len(made)}"))
+            redis_url = redises[-1].url
         server = start_retryd(redis_url=redis_url, **retryd_opts)
         p = Pipeline(server, rq_redis, procs, f"q-{request.node.name}-{uuid.uuid4().hex[:6]}")
         made.append(p)
         return p
 
-    return make
+    yield make
+    for p in made:
+        p.server.stop()  # before its Redis goes away
+    for r in redises:
+        r.proc.stop()
 
 
 def new_id(prefix: str) -> str:
