@@ -211,8 +211,14 @@ func (d *Dispatcher) poke() {
 
 func (d *Dispatcher) loop(ctx context.Context, events <-chan store.Event) {
 	defer close(d.done)
-	timer := d.cfg.Clock.NewTimer(time.Hour)
-	defer timer.Stop()
+	// The timer is made on the first pass, so that it is never armed for a
+	// wake-up the loop did not compute.
+	var timer clockwork.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
 	for {
 		d.dispatchDue(ctx)
 		wait, err := d.nextWake(ctx)
@@ -223,13 +229,17 @@ func (d *Dispatcher) loop(ctx context.Context, events <-chan store.Event) {
 			d.cfg.Logger.Warn("dispatcher: reading the next due time failed", "err", err)
 			wait = d.cfg.RetryBackoff
 		}
-		if !timer.Stop() {
-			select {
-			case <-timer.Chan():
-			default:
+		if timer == nil {
+			timer = d.cfg.Clock.NewTimer(wait)
+		} else {
+			if !timer.Stop() {
+				select {
+				case <-timer.Chan():
+				default:
+				}
 			}
+			timer.Reset(wait)
 		}
-		timer.Reset(wait)
 		if !d.sleep(ctx, timer, events) {
 			return
 		}

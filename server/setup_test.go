@@ -2,6 +2,8 @@ package server_test
 
 import (
 	"context"
+	"io"
+	"log/slog"
 	"net"
 	"sync"
 	"testing"
@@ -60,9 +62,10 @@ func setup(t *testing.T, kind string, opt options) *bundle {
 	st := teststore.New(t, kind)
 	policy, err := scheduler.NewPolicy(opt.policy, nil)
 	require.NoError(t, err)
-	disp, err := scheduler.NewDispatcher(scheduler.DispatcherConfig{Store: st, LeaseDuration: opt.lease})
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	disp, err := scheduler.NewDispatcher(scheduler.DispatcherConfig{Store: st, LeaseDuration: opt.lease, Logger: log})
 	require.NoError(t, err)
-	reaper, err := scheduler.NewReaper(scheduler.ReaperConfig{Store: st, Policy: policy, MaxSleep: 20 * time.Millisecond})
+	reaper, err := scheduler.NewReaper(scheduler.ReaperConfig{Store: st, Policy: policy, MaxSleep: 20 * time.Millisecond, Logger: log})
 	require.NoError(t, err)
 	srv, err := server.New(server.Config{
 		Store:             st,
@@ -72,6 +75,7 @@ func setup(t *testing.T, kind string, opt options) *bundle {
 		HeartbeatInterval: opt.heartbeat,
 		MaxPayloadBytes:   opt.payload,
 		HealthInterval:    50 * time.Millisecond,
+		Logger:            log,
 	})
 	require.NoError(t, err)
 	require.NoError(t, disp.Start(context.Background()))

@@ -101,11 +101,11 @@ func TestBadInputChangesNothing(t *testing.T) {
 	require.NoError(t, err)
 	for _, f := range failures {
 		req := ok()
+		req.RetryCount = 1
 		f.mutate(req)
 		if req.JobId != "victim" {
 			continue
 		}
-		req.RetryCount = 1
 		_, err := b.retry.ReportFailure(ctx, req)
 		require.Equal(t, codes.InvalidArgument, code(err), "%s: %v", f.field, err)
 	}
