@@ -79,7 +79,8 @@ class Proc:
         return self.popen.poll() is None
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def send(self, sig: int) -> None:
@@ -275,9 +276,13 @@ def procs(tmp_path, request):
         running.append(p)
         return p
 
+    def stop_all() -> None:
+        for p in running:
+            p.stop(timeout=10)
+
+    start.stop_all = stop_all
     yield start
-    for p in running:
-        p.stop(timeout=10)
+    stop_all()
     rep = getattr(request.node, "rep_call", None)
     if rep is not None and rep.failed:
         for p in running:

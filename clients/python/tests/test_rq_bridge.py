@@ -69,8 +69,11 @@ def pipeline(start_retryd, rq_redis, procs, tmp_path, request):
         return p
 
     yield make
+    # Workers and bridges first (a connected client holds up retryd's
+    # graceful stop), then retryd, then the Redis it used.
+    procs.stop_all()
     for p in made:
-        p.server.stop()  # before its Redis goes away
+        p.server.stop()
     for r in redises:
         r.proc.stop()
 
