@@ -153,4 +153,3 @@ func (r *Reaper) ReapOnce(ctx context.Context) (int, error) {
 	}
 	return len(leases), nil
 }
-

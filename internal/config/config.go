@@ -16,6 +16,8 @@
 package config
 
 import (
+	"github.com/retryd/retryd/store/redisstore"
+
 	"errors"
 	"flag"
 	"fmt"
@@ -35,8 +37,8 @@ type Config struct {
 	// Listen is the gRPC listen address (host:port). Defaults to
 	// 127.0.0.1:50051.
 	Listen string
-	// RedisURL selects the Redis store (redis://, rediss://, unix://; the
-	// Sentinel and Cluster forms are query parameters of these). It may
+	// RedisURL selects the Redis store (redis://, rediss://, unix://,
+	// redis+sentinel://, redis+cluster://: see store/redisstore/url.go). It may
 	// hold a password: log it with RedactedRedisURL. Defaults to "", the
 	// embedded store in DataDir.
 	RedisURL string
@@ -171,20 +173,22 @@ func checkHostPort(s string) error {
 	return nil
 }
 
+// checkRedisURL asks the Redis store itself, so that the forms it accepts
+// (redis://, rediss://, unix://, redis+sentinel://, redis+cluster://) are
+// listed in one place. Making a client opens no connection.
 func checkRedisURL(s string) error {
 	if s == "" {
 		return nil
 	}
-	u, err := url.Parse(s)
-	if err != nil {
+	if _, err := url.Parse(s); err != nil {
 		// url's error quotes the URL, password included: do not wrap it.
 		return errors.New("not a URL")
 	}
-	switch u.Scheme {
-	case "redis", "rediss", "unix":
-		return nil
+	c, err := redisstore.NewClient(s)
+	if err != nil {
+		return err
 	}
-	return fmt.Errorf("scheme %q is not redis://, rediss:// or unix://", u.Scheme)
+	return c.Close()
 }
 
 func checkRedisPrefix(s string) error {

@@ -406,7 +406,7 @@ func TestErrors(t *testing.T) {
 		{"listen with a bad port", nil, []string{"RETRYD_LISTEN=:99999"}, "", `RETRYD_LISTEN: invalid value ":99999": port "99999" is not a number from 0 to 65535`},
 		{"metrics listen", []string{"--metrics-listen", "9100"}, nil, "", `--metrics-listen: invalid value "9100": not host:port…`},
 		{"redis URL scheme, password hidden", []string{"--redis-url", "http://user:hunter2@h:1"}, nil, "",
-			`--redis-url: invalid value "http://user:xxxxx@h:1": scheme "http" is not redis://, rediss:// or unix://`},
+			`--redis-url: invalid value "http://user:xxxxx@h:1": redisstore: Redis URL "http://user:xxxxx@h:1": unknown scheme "http" (want redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://)`},
 		{"unparsable redis URL, password hidden", nil, []string{"RETRYD_REDIS_URL=redis://u:hunter2@[::1"}, "",
 			`RETRYD_REDIS_URL: invalid value "(unparsable URL, hidden: it may hold a password)": not a URL`},
 		{"redis prefix with braces", []string{"--redis-prefix", "a{b}"}, nil, "", `--redis-prefix: invalid value "a{b}": must not contain '{', '}' or white space`},
@@ -464,7 +464,7 @@ func TestErrors(t *testing.T) {
 		{"syntax error", nil, nil, "listen: [\n", "config file FILE: yaml: line 1: did not find expected node content"},
 		{"two documents", nil, nil, "listen: :1\n---\nlisten: :2\n", "config file FILE: holds more than one YAML document"},
 		{"a duplicate key", nil, nil, "listen: :1\nlisten: :2\n", `config file FILE: yaml: unmarshal errors:` + "\n" + `  line 2: mapping key "listen" already defined at line 1`},
-		{"a secret in the file stays hidden", nil, nil, "redis_url: 'ftp://a:hunter2@h'\n", `config file FILE: redis_url: invalid value "ftp://a:xxxxx@h": scheme "ftp" is not…`},
+		{"a secret in the file stays hidden", nil, nil, "redis_url: 'ftp://a:hunter2@h'\n", `config file FILE: redis_url: invalid value "ftp://a:xxxxx@h": redisstore: Redis URL "ftp://a:xxxxx@h": unknown scheme "ftp"…`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

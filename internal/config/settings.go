@@ -110,7 +110,7 @@ var settings = []setting{
 	// Store.
 	{
 		group: "Store", flag: "redis-url", env: "RETRYD_REDIS_URL", key: "redis_url", arg: "URL", secret: true,
-		help: `Redis URL (redis://, rediss://, unix://; Sentinel and Cluster forms too); "" uses the embedded store in --data-dir.`,
+		help: `Redis URL (redis://, rediss://, unix://, redis+sentinel://, redis+cluster://); "" uses the embedded store in --data-dir.`,
 		show: func(c *Config) string { return c.RedisURL },
 		set: func(c *Config, _ string, v []string) error {
 			c.RedisURL = strings.TrimSpace(v[0])
