@@ -6,7 +6,7 @@ BUF_VERSION := 1.75.0
 BUF := $(TOOLS)/node_modules/.bin/buf
 GRPCURL := $(TOOLS)/bin/grpcurl
 
-.PHONY: all tools generate check-generated lint test test-go test-python run build bench clean
+.PHONY: all tools deps generate check-generated lint test test-go test-python run build clean
 
 all: build
 
@@ -28,9 +28,10 @@ generate: $(BUF) $(TOOLS)/bin/protoc-gen-go $(TOOLS)/bin/protoc-gen-go-grpc
 	@if [ -f buf.gen.python.yaml ]; then $(BUF) generate --template buf.gen.python.yaml; fi
 
 ## check-generated: fail when the committed generated code is stale
+GENERATED := gen clients/python/retryd/v1
 check-generated: generate
-	@git diff --exit-code --stat -- gen || { echo "gen/ is stale: run 'make generate' and commit"; exit 1; }
-	@test -z "$$(git status --porcelain -- gen)" || { git status --porcelain -- gen; echo "gen/ has untracked files: run 'make generate' and commit"; exit 1; }
+	@git diff --exit-code --stat -- $(GENERATED) || { echo "generated code is stale: run 'make generate' and commit"; exit 1; }
+	@test -z "$$(git status --porcelain -- $(GENERATED))" || { git status --porcelain -- $(GENERATED); echo "generated code has untracked files: run 'make generate' and commit"; exit 1; }
 
 ## lint: buf lint, gofmt, go vet
 lint: $(BUF)
@@ -38,9 +39,16 @@ lint: $(BUF)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '^gen/'))" || { gofmt -l $$(git ls-files '*.go' | grep -v '^gen/'); echo "gofmt needed"; exit 1; }
 	go vet ./...
 
-## test: everything CI runs (installs redis-server if missing)
-test: deps lint check-generated tools
+## test: everything CI runs (installs the Debian packages it needs if missing)
+test: deps lint check-generated test-go test-python
+
+## test-go: the Go suite with the race detector
+test-go:
 	go test -race -count=1 ./...
+
+## test-python: the Python client's suite, on Debian's python3 and packages
+test-python:
+	/usr/bin/python3 -m pytest -q -p no:cacheprovider clients/python/tests
 
 ## deps: Debian packages the tests need
 deps:
