@@ -57,7 +57,7 @@ func defaultOptions() options {
 	return options{policy: p, lease: 5 * time.Second, heartbeat: time.Second}
 }
 
-func setup(t *testing.T, kind string, opt options) *bundle {
+func setup(t testing.TB, kind string, opt options) *bundle {
 	t.Helper()
 	st := teststore.New(t, kind)
 	policy, err := scheduler.NewPolicy(opt.policy, nil)
