@@ -5,7 +5,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +22,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	retrydv1 "github.com/retryd/retryd/gen/retryd/v1"
 	"github.com/retryd/retryd/internal/testredis"
 )
 
@@ -197,5 +200,29 @@ func TestHelpListsEveryFlag(t *testing.T) {
 	require.NoError(t, err, "%s", out)
 	for _, env := range []string{"RETRYD_LISTEN", "RETRYD_REDIS_URL", "RETRYD_DATA_DIR", "RETRYD_METRICS_LISTEN", "RETRY_JITTER", "MAX_RETRIES", "RETRY_DELAY_"} {
 		require.Contains(t, string(out), env)
+	}
+}
+
+// TestMetricsEndpoint: /metrics serves the RPC metrics and retryd's own.
+func TestMetricsEndpoint(t *testing.T) {
+	maddr := freeAddr(t)
+	p := start(t, nil, "--data-dir", t.TempDir(), "--metrics-listen", maddr)
+	retry, _ := clients(t, p.addr)
+	_, err := retry.ReportFailure(context.Background(), &retrydv1.ReportFailureRequest{JobId: "m", Phase: "extraction", ErrorType: "Timeout"})
+	require.NoError(t, err)
+	resp, err := http.Get("http://" + maddr + "/metrics")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	for _, want := range []string{
+		`grpc_server_handled_total{grpc_code="OK",grpc_method="ReportFailure",grpc_service="retryd.v1.RetryService",grpc_type="unary"} 1`,
+		`retryd_retries_scheduled_total{error_type="Timeout",phase="extraction"} 1`,
+		`retryd_backlog{phase="extraction"} 1`,
+		`retryd_dispatch_lag_seconds_bucket`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
 	}
 }
