@@ -63,12 +63,19 @@ func testExpire(t *testing.T, newStore Factory) {
 		require.Len(t, h.expired(now, 10), 1, "the lease of kept jobs survives")
 		require.Equal(t, 0, h.expire(now), "a second Expire finds nothing")
 
-		// The attempts went with the job: the id starts afresh.
-		h.fail(failure("old-failed", extraction, 0, now))
-		j := h.job("old-failed")
-		require.Len(t, j.Attempts, 1)
-		require.True(t, j.CreatedAt.Equal(now))
-		require.Equal(t, uint32(1), j.Cycle)
+		// The attempts and payloads went with the job: the id starts afresh.
+		f := failure("old-failed", chunking, 0, now)
+		f.Payload = nil
+		h.fail(f)
+		requireEqual(t, store.Job{
+			ID: "old-failed", State: store.StateProcessing, Phase: chunking, Cycle: 1, Labels: f.Labels,
+			PendingPhase: chunking, PendingRetryCount: 1, DueAt: f.Verdict.DueAt,
+			LastFailedPhase: chunking, LastFailedAt: now, LastErrorType: f.ErrorType, LastError: f.ErrorMessage,
+			CreatedAt: now, UpdatedAt: now,
+			Attempts: []store.Attempt{failedAttempt(f, 1, nil, "", now)},
+		}, h.job("old-failed"), "a job reported again after it expired")
+		_, err = h.s.RetryJob(h.ctx, "old-failed", extraction, now)
+		requireErr(t, err, store.ErrJobNotFailed, "the expired job's state is gone too")
 	})
 
 	t.Run("StatsPastRetention", func(t *testing.T) {
