@@ -5,10 +5,9 @@
 //
 // Durability: every method that changes something returns only after its
 // transaction is committed and fsynced. Concurrent changes share commits
-// through bbolt's DB.Batch (group commit): reports that arrive while a
-// commit is running are applied together in the next transaction and paid
-// for with one fsync, which is what lets one disk absorb many concurrent
-// reports.
+// (group commit, see groupCommit): changes that arrive while a commit is
+// running are applied together in the next transaction and paid for with
+// one fsync, which is what lets one disk absorb many concurrent reports.
 //
 // A file is opened by one process at a time (an exclusive flock); a second
 // retryd on the same file fails at once with ErrLocked.
@@ -45,21 +44,17 @@ type Options struct {
 	// a second retryd on the same data directory must fail at once, not
 	// hang. Defaults to 250ms.
 	LockTimeout time.Duration
-	// MaxBatchDelay is the longest a change waits for others to share its
-	// commit (bbolt's DB.MaxBatchDelay). Under load, changes queue behind
-	// the running commit anyway, so a short delay costs little throughput
-	// and keeps a lone report fast. Defaults to 2ms.
-	MaxBatchDelay time.Duration
-	// MaxBatchSize is the most changes one commit carries (bbolt's
-	// DB.MaxBatchSize). Defaults to 1000.
+	// MaxBatchSize is the most changes one commit carries. A commit takes
+	// every change that queued while the previous one ran, up to this many;
+	// the bound keeps one transaction (and the wait of its first caller)
+	// short under a burst. Defaults to 1000.
 	MaxBatchSize int
 }
 
 // Option defaults.
 const (
-	DefaultLockTimeout   = 250 * time.Millisecond
-	DefaultMaxBatchDelay = 2 * time.Millisecond
-	DefaultMaxBatchSize  = 1000
+	DefaultLockTimeout  = 250 * time.Millisecond
+	DefaultMaxBatchSize = 1000
 )
 
 // withDefaults validates o and fills in the defaults.
@@ -71,7 +66,6 @@ func (o Options) withDefaults() (Options, error) {
 		{"JobRetention", o.JobRetention},
 		{"StatsRetention", o.StatsRetention},
 		{"LockTimeout", o.LockTimeout},
-		{"MaxBatchDelay", o.MaxBatchDelay},
 	} {
 		if d.v < 0 {
 			return o, fmt.Errorf("boltstore: Options.%s must not be negative, got %v", d.name, d.v)
@@ -89,9 +83,6 @@ func (o Options) withDefaults() (Options, error) {
 	if o.LockTimeout == 0 {
 		o.LockTimeout = DefaultLockTimeout
 	}
-	if o.MaxBatchDelay == 0 {
-		o.MaxBatchDelay = DefaultMaxBatchDelay
-	}
 	if o.MaxBatchSize == 0 {
 		o.MaxBatchSize = DefaultMaxBatchSize
 	}
@@ -104,8 +95,8 @@ type Store struct {
 	path string
 	opts Options
 	hub  *hub
-	// commit applies a change: db.Batch (group commit). The benchmark of
-	// one fsync per report swaps in db.Update.
+	// commit applies a change durably: groupCommit.run. The benchmarks
+	// swap in db.Update (one fsync per change) and db.Batch to compare.
 	commit func(func(*bolt.Tx) error) error
 }
 
@@ -131,8 +122,6 @@ func Open(path string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("boltstore: open %s: %w", path, err)
 	}
-	db.MaxBatchDelay = opts.MaxBatchDelay
-	db.MaxBatchSize = opts.MaxBatchSize
 
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, name := range allBuckets {
@@ -154,7 +143,7 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("boltstore: initialise %s: %w", path, err)
 	}
 	s := &Store{db: db, path: path, opts: opts, hub: newHub()}
-	s.commit = db.Batch
+	s.commit = (&groupCommit{db: db, maxSize: opts.MaxBatchSize}).run
 	return s, nil
 }
 
@@ -179,11 +168,11 @@ func (s *Store) Ping(ctx context.Context) error {
 // write runs fn in a read-write transaction shared with concurrent writers
 // and returns once it is committed durably.
 //
-// bbolt's Batch runs fn again, in a fresh transaction, when a function
+// The group commit runs fn again, in a fresh transaction, when a function
 // batched with it fails, so fn must start from scratch each time: reset its
 // outputs first and leave side effects (events) until write returns. A
 // refusal (ErrConflict, ErrLeaseNotHeld, …) is not returned from fn — that
-// would roll back and re-run every report sharing the commit — but stored
+// would roll back and re-run every change sharing the commit — but stored
 // in a variable of the caller, and fn makes no change before deciding it.
 func (s *Store) write(ctx context.Context, fn func(*txn) error) error {
 	if err := ctx.Err(); err != nil {

@@ -1,0 +1,131 @@
+package boltstore
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// groupCommit runs the changes of concurrent callers in shared read-write
+// transactions, one fsync per transaction. While a transaction commits, the
+// calls that arrive queue up, and the next transaction takes all of them (up
+// to maxSize): the batch grows with the load by itself.
+//
+// This is DB.Batch's idea without its timer. DB.Batch starts a batch's
+// clock at its first call and commits when MaxBatchDelay runs out, so under
+// load every commit also waits out the delay, and a lone report always pays
+// it. Measured with 50 clients on a 2-core VM (BenchmarkRecordFailure*):
+// DB.Batch gave 9–13k reports/s with delays of 0.5–2 ms and 3k at its
+// default 10 ms; this gives 18k, and a lone report takes one fsync (about
+// 0.8 ms there) instead of delay plus fsync.
+//
+// The caller that finds no transaction running becomes the leader: it takes
+// the queue, commits it, answers every call in it, and hands leadership to
+// the first call still queued, so that no caller keeps serving others after
+// its own change is done.
+type groupCommit struct {
+	db      *bolt.DB
+	maxSize int
+
+	mu      sync.Mutex
+	queue   []*commitCall
+	leading bool // a leader is taking batches
+}
+
+type commitCall struct {
+	fn   func(*bolt.Tx) error
+	done chan error // buffered: one answer, or errLead then one answer
+}
+
+// errLead tells a queued call that it leads now; errSolo that its function
+// failed inside a shared transaction (rolling back everyone's changes) and
+// must be re-run alone. Neither reaches a caller of run.
+var (
+	errLead = errors.New("boltstore: lead the next commit")
+	errSolo = errors.New("boltstore: re-run alone")
+)
+
+// run applies fn in a read-write transaction and returns once that
+// transaction is committed durably, or fn's error. Like DB.Batch, fn may be
+// called more than once (when another function of its batch fails), so it
+// must be idempotent until the transaction commits.
+func (g *groupCommit) run(fn func(*bolt.Tx) error) error {
+	c := &commitCall{fn: fn, done: make(chan error, 1)}
+	g.mu.Lock()
+	g.queue = append(g.queue, c)
+	if g.leading {
+		g.mu.Unlock()
+		err := <-c.done
+		if err == errSolo {
+			return g.db.Update(fn)
+		}
+		if err != errLead {
+			return err
+		}
+		g.mu.Lock()
+	} else {
+		g.leading = true
+	}
+	// c is at the head of the queue: take it and what queued behind it.
+	n := min(len(g.queue), g.maxSize)
+	batch := g.queue[:n:n]
+	g.queue = g.queue[n:]
+	g.mu.Unlock()
+
+	g.commit(batch)
+
+	g.mu.Lock()
+	if len(g.queue) > 0 {
+		g.queue[0].done <- errLead
+	} else {
+		g.leading = false
+		g.queue = nil // drop the backing array
+	}
+	g.mu.Unlock()
+
+	err := <-c.done
+	if err == errSolo {
+		return g.db.Update(fn)
+	}
+	return err
+}
+
+// commit runs a batch in one transaction and answers every call in it. A
+// function that fails is taken out and told to re-run alone; the rest are
+// retried together, as DB.Batch does.
+func (g *groupCommit) commit(batch []*commitCall) {
+	for len(batch) > 0 {
+		failed := -1
+		err := g.db.Update(func(tx *bolt.Tx) error {
+			for i, c := range batch {
+				if err := safely(c.fn, tx); err != nil {
+					failed = i
+					return err
+				}
+			}
+			return nil
+		})
+		if failed >= 0 {
+			batch[failed].done <- errSolo
+			batch = append(batch[:failed:failed], batch[failed+1:]...)
+			continue
+		}
+		for _, c := range batch {
+			c.done <- err
+		}
+		return
+	}
+}
+
+// safely calls fn, turning a panic into an error so that one bad change
+// cannot take down the leader and leave its batch unanswered.
+func safely(fn func(*bolt.Tx) error, tx *bolt.Tx) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("boltstore: panic in a change: %v", p)
+		}
+	}()
+	return fn(tx)
+}
