@@ -60,8 +60,9 @@ var terminalBuckets = []struct {
 	{bucketFailed, "2"}, {bucketCompleted, "3"}, {bucketCanceled, "4"},
 }
 
-// Expire deletes terminal jobs last updated before now-JobRetention and
-// stats hours that ended before now-StatsRetention, in batches, at most
+// Expire deletes terminal jobs last updated before now-JobRetention (with
+// their attempts, payloads and index entries) and the stats hours that had
+// ended by now-StatsRetention, in batches of 100 per script, at most
 // Options.ExpireLimit jobs per call.
 func (s *Store) Expire(ctx context.Context, now time.Time) (int, error) {
 	removed, err := s.expireJobs(ctx, store.NowMicros(now.Add(-s.opts.JobRetention)))

@@ -171,8 +171,10 @@ func (e indexEntry) before(o indexEntry) bool {
 // ListJobs returns a page of jobs, most recently updated first. Each
 // (bucket, phase) index is read from the cursor on, the reads are merged,
 // and the jobs are read and checked against the filter (a job may have
-// moved between the two reads). At most listScanPerCall index entries are
-// looked at per call; a page may then be short, with a cursor to go on.
+// moved between the two reads). At most 1000 index entries are looked at
+// per call (a filter few jobs pass must not make one call read a whole
+// index); a page may then be short, with a cursor to go on. A zero Limit
+// means 50.
 func (s *Store) ListJobs(ctx context.Context, q store.ListQuery) (store.JobPage, error) {
 	limit := q.Limit
 	if limit <= 0 {
