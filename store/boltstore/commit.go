@@ -16,10 +16,12 @@ import (
 // This is DB.Batch's idea without its timer. DB.Batch starts a batch's
 // clock at its first call and commits when MaxBatchDelay runs out, so under
 // load every commit also waits out the delay, and a lone report always pays
-// it. Measured with 50 clients on a 2-core VM (BenchmarkRecordFailure*):
-// DB.Batch gave 9–13k reports/s with delays of 0.5–2 ms and 3k at its
-// default 10 ms; this gives 18k, and a lone report takes one fsync (about
-// 0.8 ms there) instead of delay plus fsync.
+// it. Measured on a 2-core VM whose fsync takes about 0.8 ms
+// (BenchmarkRecordFailure*): with 50 clients DB.Batch gave 9–15k reports/s
+// with a 1 ms delay, less with longer ones (3k at its default 10 ms), and
+// this 13–18k; a lone report takes 0.8 ms here (one fsync) against 2.2 ms
+// with DB.Batch at 1 ms. Claim is a write too, so the delay would also be
+// added to every dispatch.
 //
 // The caller that finds no transaction running becomes the leader: it takes
 // the queue, commits it, answers every call in it, and hands leadership to

@@ -109,6 +109,11 @@ func testRecordFailure(t *testing.T, newStore Factory) {
 
 	// A nil Payload or Labels keeps what is stored; a non-nil one, even
 	// empty, replaces it.
+	//
+	// Reading: Attempt.Payload is the payload the attempt ran with — the
+	// report's, or when the report carries none, the phase's stored payload
+	// (what its Dispatch task carried) — so that the history shows the
+	// arguments of every attempt.
 	t.Run("LabelsAndPayload", func(t *testing.T) {
 		h := setup(t, newStore)
 		f0 := failure("job-1", extraction, 0, at(0))
