@@ -117,6 +117,8 @@ func testClaim(t *testing.T, newStore Factory) {
 		require.Empty(t, h.claim(at(time.Hour), 10, extraction), "a leased attempt is not claimed twice")
 	})
 
+	t.Run("ConcurrentDispatchCycle", func(t *testing.T) { testDispatchCycle(t, newStore) })
+
 	for _, claimers := range []int{2, 8} {
 		t.Run(fmt.Sprintf("ConcurrentClaimers%d", claimers), func(t *testing.T) {
 			h := setup(t, newStore)
@@ -169,6 +171,73 @@ func testClaim(t *testing.T, newStore Factory) {
 			require.Len(t, leases, jobs, "every claim has its own lease id")
 		})
 	}
+}
+
+// testDispatchCycle runs the specification's whole retry cycle for many
+// jobs at once: concurrent dispatchers claim, report failures that retry at
+// once, and give up after retry 3. Claims and reports interleave freely;
+// every job must end failed with exactly attempts 0..3 and nothing pending.
+func testDispatchCycle(t *testing.T, newStore Factory) {
+	h := setup(t, newStore)
+	const jobs, dispatchers = 20, 4
+	for i := range jobs {
+		f := failure(fmt.Sprintf("job-%02d", i), extraction, 0, at(0))
+		f.Verdict = retryIn(1, 0, at(0))
+		h.fail(f)
+	}
+	now := at(time.Hour) // every retry below is due at Base: all are due
+	work := func(worker string) error {
+		for {
+			tasks, err := h.s.Claim(h.ctx, store.ClaimRequest{
+				Phases: []string{extraction}, Limit: 2, Now: now, LeaseFor: leaseFor, WorkerID: worker,
+			})
+			if err != nil || len(tasks) == 0 {
+				return err
+			}
+			for _, task := range tasks {
+				f := leasedFailure(task, now)
+				if task.RetryCount < 3 {
+					f.Verdict = retryIn(task.RetryCount+1, 0, at(0))
+				} else {
+					f.Verdict = giveUp("max retries (3) reached.")
+				}
+				if _, err := h.s.RecordFailure(h.ctx, f); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, dispatchers)
+	for w := range dispatchers {
+		wg.Go(func() { errs[w] = work(fmt.Sprintf("worker-%d", w)) })
+	}
+	wg.Wait()
+	for _, err := range errs {
+		require.NoError(t, err)
+	}
+	// A dispatcher that found nothing may have stopped while another was
+	// still reporting: finish what was rescheduled after that.
+	require.NoError(t, work("worker-last"))
+
+	for i := range jobs {
+		j := h.job(fmt.Sprintf("job-%02d", i))
+		require.Equal(t, store.StateFailed, j.State, j.ID)
+		require.Equal(t, uint32(3), j.TotalRetries, j.ID)
+		require.Empty(t, j.PendingPhase, j.ID)
+		require.Len(t, j.Attempts, 4, j.ID)
+		for rc, a := range j.Attempts {
+			require.Equal(t, uint32(rc), a.RetryCount, "%s attempt %d", j.ID, rc)
+		}
+	}
+	_, ok := h.nextDue(extraction)
+	require.False(t, ok)
+	_, ok = h.nextExpiry()
+	require.False(t, ok)
+	requireEqual(t, []store.PhaseStats{{
+		Phase: extraction, Attempts: 4 * jobs, Retries: 3 * jobs, GivenUp: jobs,
+		FailuresByType: map[string]uint64{"requests.exceptions.ConnectionError": 4 * jobs},
+	}}, h.stats(store.StatsQuery{Since: at(0), Until: at(2 * time.Hour)}), "Stats")
 }
 
 func testExtendLease(t *testing.T, newStore Factory) {
