@@ -20,6 +20,8 @@ func storeError(ctx context.Context, log *slog.Logger, op string, err error) err
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		code = codes.NotFound
+	case errors.Is(err, store.ErrInvalidArgument):
+		code = codes.InvalidArgument
 	case errors.Is(err, store.ErrLeaseNotHeld),
 		errors.Is(err, store.ErrLeaseActive),
 		errors.Is(err, store.ErrConflict),

@@ -68,6 +68,9 @@ var (
 	ErrJobNotFailed = errors.New("job is not failed")
 	// ErrUnknownPhase: RetryJob from a phase the job has no payload or attempt for.
 	ErrUnknownPhase = errors.New("job has never run that phase")
+	// ErrInvalidArgument: a malformed argument the server could not check,
+	// such as a ListJobs cursor that is not one this store issued.
+	ErrInvalidArgument = errors.New("invalid argument")
 	// ErrUnavailable: the backend cannot be reached; nothing was changed.
 	ErrUnavailable = errors.New("store unavailable")
 )
