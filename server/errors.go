@@ -32,7 +32,7 @@ func storeError(ctx context.Context, log *slog.Logger, op string, err error) err
 		code = codes.FailedPrecondition
 	case errors.Is(err, store.ErrUnavailable):
 		log.WarnContext(ctx, "store unavailable", "op", op, "err", err)
-		return status.Error(codes.Unavailable, "the store is unavailable; nothing was recorded, try again")
+		return status.Error(codes.Unavailable, "the store is unavailable: the call was not acknowledged; retry it (reports are idempotent)")
 	case errors.Is(err, context.Canceled):
 		return status.Error(codes.Canceled, "the call was canceled")
 	case errors.Is(err, context.DeadlineExceeded):

@@ -71,7 +71,10 @@ var (
 	// ErrInvalidArgument: a malformed argument the server could not check,
 	// such as a ListJobs cursor that is not one this store issued.
 	ErrInvalidArgument = errors.New("invalid argument")
-	// ErrUnavailable: the backend cannot be reached; nothing was changed.
+	// ErrUnavailable: the backend cannot be reached. The change was not
+	// acknowledged; it may or may not have been applied (a connection can
+	// drop after a script ran), which is safe because reports are idempotent
+	// and callers retry them.
 	ErrUnavailable = errors.New("store unavailable")
 )
 
