@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -199,7 +198,7 @@ func compareUint(a, b uint64) int {
 }
 
 // errBadCursor is returned for a ListQuery.Cursor this store did not make.
-var errBadCursor = errors.New("boltstore: invalid list cursor")
+var errBadCursor = fmt.Errorf("%w: boltstore: invalid list cursor", store.ErrInvalidArgument)
 
 // ListJobs implements store.Store. It walks the listing index of the
 // queried state (or of every state) from the most recently updated job

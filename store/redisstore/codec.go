@@ -334,15 +334,15 @@ func encodeCursor(score int64, id string) string {
 func decodeCursor(c string) (score int64, id string, err error) {
 	raw, err := base64.RawURLEncoding.DecodeString(c)
 	if err != nil {
-		return 0, "", fmt.Errorf("redisstore: invalid ListJobs cursor %q", c)
+		return 0, "", fmt.Errorf("%w: redisstore: invalid ListJobs cursor %q", store.ErrInvalidArgument, c)
 	}
 	f, err := splitFields(string(raw))
 	if err != nil || len(f) != 2 {
-		return 0, "", fmt.Errorf("redisstore: invalid ListJobs cursor %q", c)
+		return 0, "", fmt.Errorf("%w: redisstore: invalid ListJobs cursor %q", store.ErrInvalidArgument, c)
 	}
 	score, err = strconv.ParseInt(f[0], 10, 64)
 	if err != nil {
-		return 0, "", fmt.Errorf("redisstore: invalid ListJobs cursor %q", c)
+		return 0, "", fmt.Errorf("%w: redisstore: invalid ListJobs cursor %q", store.ErrInvalidArgument, c)
 	}
 	return score, f[1], nil
 }

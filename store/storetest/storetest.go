@@ -81,6 +81,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"Expire", testExpire},
 		{"Data", testData},
 		{"Lifecycle", testLifecycle},
+		{"Backlog", testBacklog},
 	}
 	for _, s := range suites {
 		t.Run(s.name, func(t *testing.T) { s.run(t, newStore) })
