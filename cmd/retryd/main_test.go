@@ -206,20 +206,34 @@ func TestHelpListsEveryFlag(t *testing.T) {
 // TestMetricsEndpoint: /metrics serves the RPC metrics and retryd's own.
 func TestMetricsEndpoint(t *testing.T) {
 	maddr := freeAddr(t)
-	p := start(t, nil, "--data-dir", t.TempDir(), "--metrics-listen", maddr)
+	p := start(t, nil, "--data-dir", t.TempDir(), "--metrics-listen", maddr, "--retry-delays", "10ms")
 	retry, _ := clients(t, p.addr)
-	_, err := retry.ReportFailure(context.Background(), &retrydv1.ReportFailureRequest{JobId: "m", Phase: "extraction", ErrorType: "Timeout"})
+	ctx := context.Background()
+	for _, job := range []string{"m1", "m2"} {
+		_, err := retry.ReportFailure(ctx, &retrydv1.ReportFailureRequest{JobId: job, Phase: "extraction", ErrorType: "Timeout"})
+		require.NoError(t, err)
+	}
+	// One retry is dispatched (lag observed), the other stays in the backlog.
+	stream, err := retry.Dispatch(ctx, &retrydv1.DispatchRequest{Phases: []string{"extraction"}, MaxInFlight: 1})
 	require.NoError(t, err)
+	for {
+		msg, err := stream.Recv()
+		require.NoError(t, err)
+		if msg.GetTask() != nil {
+			break
+		}
+	}
 	resp, err := http.Get("http://" + maddr + "/metrics")
 	require.NoError(t, err)
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	require.NoError(t, err)
 	for _, want := range []string{
-		`grpc_server_handled_total{grpc_code="OK",grpc_method="ReportFailure",grpc_service="retryd.v1.RetryService",grpc_type="unary"} 1`,
-		`retryd_retries_scheduled_total{error_type="Timeout",phase="extraction"} 1`,
+		`grpc_server_handled_total{grpc_code="OK",grpc_method="ReportFailure",grpc_service="retryd.v1.RetryService",grpc_type="unary"} 2`,
+		`retryd_retries_scheduled_total{error_type="Timeout",phase="extraction"} 2`,
 		`retryd_backlog{phase="extraction"} 1`,
-		`retryd_dispatch_lag_seconds_bucket`,
+		`retryd_dispatched_total{phase="extraction"} 1`,
+		`retryd_dispatch_lag_seconds_count{phase="extraction"} 1`,
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %s", want)
