@@ -135,12 +135,17 @@ type Store interface {
 	// Counters are kept per hour; Since is rounded down to the hour.
 	Stats(ctx context.Context, q StatsQuery) ([]PhaseStats, error)
 
-	// Expire deletes terminal jobs (failed, completed, canceled, with their
-	// attempts) last updated before now minus the backend's job retention,
-	// and stats counters older than its stats retention, so that neither
-	// grows without bound. It returns how many jobs it removed. The
-	// scheduler's janitor calls it periodically.
-	Expire(ctx context.Context, now time.Time) (int, error)
+	// Expire applies the backend's retention, so that nothing grows without
+	// bound: it deletes terminal jobs (failed, completed, canceled, with
+	// their attempts and payloads) last updated before now minus the job
+	// retention; then, while more than the backend's MaxTerminalJobs
+	// terminal jobs remain, the least recently updated of them; and the
+	// hourly stats counters older than the stats retention. Jobs that are
+	// processing (scheduled, leased or running outside retryd) are never
+	// deleted. A backend may stop early to keep one call short; it then
+	// sets More, and the caller calls again. The scheduler's janitor calls
+	// it periodically and reports the counts.
+	Expire(ctx context.Context, now time.Time) (ExpireResult, error)
 
 	// Ping reports whether the backend answers.
 	Ping(ctx context.Context) error
@@ -420,6 +425,35 @@ const (
 	DefaultJobRetention   = 8 * 24 * time.Hour
 	DefaultStatsRetention = 30 * 24 * time.Hour
 )
+
+// DefaultMaxTerminalJobs is the count bound both backends apply to terminal
+// jobs unless told otherwise. The age bound alone does not protect a Redis
+// from a burst (a week of a busy pipeline's completed jobs can outgrow its
+// memory); a million jobs take about 2 GB of Redis with typical histories
+// and small payloads, which a production Redis for retryd is sized for.
+const DefaultMaxTerminalJobs = 1_000_000
+
+// NoCountBound as a backend's MaxTerminalJobs turns the count bound off:
+// terminal jobs are then only removed by age.
+const NoCountBound = -1
+
+// ExpireResult says what one Expire call removed.
+type ExpireResult struct {
+	// ByAge counts terminal jobs removed because they were last updated
+	// longer than the job retention ago.
+	ByAge int
+	// ByCount counts terminal jobs removed, least recently updated first,
+	// because more than MaxTerminalJobs were kept.
+	ByCount int
+	// StatsHours counts the hours whose stats counters were removed.
+	StatsHours int
+	// More is set when the call stopped at its per-call limit with more
+	// left to remove.
+	More bool
+}
+
+// Jobs is the number of jobs removed for either reason.
+func (r ExpireResult) Jobs() int { return r.ByAge + r.ByCount }
 
 // BacklogCounter is implemented by stores that can count scheduled retries
 // per phase cheaply; the metrics endpoint exports it as retryd_backlog.

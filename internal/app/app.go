@@ -70,7 +70,7 @@ func Run(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 	if err != nil {
 		return err
 	}
-	janitor, err := scheduler.NewJanitor(scheduler.JanitorConfig{Store: st, Logger: log, OnExpired: m.JobsExpired})
+	janitor, err := scheduler.NewJanitor(scheduler.JanitorConfig{Store: st, Logger: log, OnExpired: m.Expired})
 	if err != nil {
 		return err
 	}

@@ -35,7 +35,8 @@ type Metrics struct {
 	leasesExpired    *prometheus.CounterVec
 	dispatched       *prometheus.CounterVec
 	dispatchLag      *prometheus.HistogramVec
-	jobsExpired      prometheus.Counter
+	jobsExpired      *prometheus.CounterVec
+	statsExpired     prometheus.Counter
 
 	mu         sync.Mutex
 	errorTypes map[string]struct{}
@@ -73,15 +74,24 @@ func New() *Metrics {
 			Help:    "Time from a retry's due time to the moment its task was sent to a worker.",
 			Buckets: []float64{.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 5, 30},
 		}, []string{"phase"}),
-		jobsExpired: prometheus.NewCounter(prometheus.CounterOpts{
+		jobsExpired: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "retryd_jobs_expired_total",
-			Help: "Terminal jobs removed by the retention policy.",
+			Help: "Terminal jobs removed by the retention policy, by reason: age (--job-retention) or count (--max-terminal-jobs).",
+		}, []string{"reason"}),
+		statsExpired: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "retryd_stats_hours_expired_total",
+			Help: "Hours of retry statistics removed by the retention policy (--stats-retention).",
 		}),
 		errorTypes: make(map[string]struct{}),
 	}
+	// Both reasons are exported from the start, at zero, so that a rate()
+	// over them works before the first removal.
+	for _, reason := range []string{"age", "count"} {
+		m.jobsExpired.WithLabelValues(reason)
+	}
 	m.Registry.MustRegister(
 		m.GRPC, m.retriesScheduled, m.givenUp, m.successes, m.leasesExpired,
-		m.dispatched, m.dispatchLag, m.jobsExpired,
+		m.dispatched, m.dispatchLag, m.jobsExpired, m.statsExpired,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	return m
@@ -129,8 +139,12 @@ func (m *Metrics) Sent(phase string, dueAt, sentAt time.Time) {
 	m.dispatchLag.WithLabelValues(phase).Observe(max(sentAt.Sub(dueAt), 0).Seconds())
 }
 
-// JobsExpired counts jobs removed by retention.
-func (m *Metrics) JobsExpired(n int) { m.jobsExpired.Add(float64(n)) }
+// Expired counts what a retention pass removed.
+func (m *Metrics) Expired(r store.ExpireResult) {
+	m.jobsExpired.WithLabelValues("age").Add(float64(r.ByAge))
+	m.jobsExpired.WithLabelValues("count").Add(float64(r.ByCount))
+	m.statsExpired.Add(float64(r.StatsHours))
+}
 
 // RegisterBacklog exports the number of scheduled retries per phase, read
 // from the store at scrape time, when the store can count them.

@@ -39,6 +39,11 @@ type Options struct {
 	// StatsRetention is how long hourly stats counters are kept. Defaults
 	// to store.DefaultStatsRetention.
 	StatsRetention time.Duration
+	// MaxTerminalJobs bounds the failed, completed and canceled jobs kept:
+	// beyond it Expire removes the least recently updated ones, whatever
+	// their age. store.NoCountBound turns the bound off. Defaults to
+	// store.DefaultMaxTerminalJobs.
+	MaxTerminalJobs int
 	// LockTimeout is how long Open waits for the file lock that another
 	// process holds before failing with ErrLocked. It is short on purpose:
 	// a second retryd on the same data directory must fail at once, not
@@ -70,6 +75,12 @@ func (o Options) withDefaults() (Options, error) {
 		if d.v < 0 {
 			return o, fmt.Errorf("boltstore: Options.%s must not be negative, got %v", d.name, d.v)
 		}
+	}
+	if o.MaxTerminalJobs < 0 && o.MaxTerminalJobs != store.NoCountBound {
+		return o, fmt.Errorf("boltstore: Options.MaxTerminalJobs must not be negative (store.NoCountBound turns the bound off), got %d", o.MaxTerminalJobs)
+	}
+	if o.MaxTerminalJobs == 0 {
+		o.MaxTerminalJobs = store.DefaultMaxTerminalJobs
 	}
 	if o.MaxBatchSize < 0 {
 		return o, fmt.Errorf("boltstore: Options.MaxBatchSize must not be negative, got %d", o.MaxBatchSize)

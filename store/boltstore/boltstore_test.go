@@ -23,6 +23,6 @@ func open(t *testing.T, opts Options) *Store {
 
 func TestConformance(t *testing.T) {
 	storetest.Run(t, func(t *testing.T, o storetest.Options) store.Store {
-		return open(t, Options{JobRetention: o.JobRetention, StatsRetention: o.StatsRetention})
+		return open(t, Options{JobRetention: o.JobRetention, StatsRetention: o.StatsRetention, MaxTerminalJobs: o.MaxTerminalJobs})
 	})
 }

@@ -45,10 +45,11 @@ func TestOptions(t *testing.T) {
 	got, err := Options{}.withDefaults()
 	require.NoError(t, err)
 	require.Equal(t, Options{
-		JobRetention:   store.DefaultJobRetention,
-		StatsRetention: store.DefaultStatsRetention,
-		LockTimeout:    DefaultLockTimeout,
-		MaxBatchSize:   DefaultMaxBatchSize,
+		JobRetention:    store.DefaultJobRetention,
+		StatsRetention:  store.DefaultStatsRetention,
+		MaxTerminalJobs: store.DefaultMaxTerminalJobs,
+		LockTimeout:     DefaultLockTimeout,
+		MaxBatchSize:    DefaultMaxBatchSize,
 	}, got)
 
 	for _, c := range []struct {
@@ -59,6 +60,7 @@ func TestOptions(t *testing.T) {
 		{Options{StatsRetention: -time.Hour}, "StatsRetention"},
 		{Options{LockTimeout: -time.Second}, "LockTimeout"},
 		{Options{MaxBatchSize: -1}, "MaxBatchSize"},
+		{Options{MaxTerminalJobs: -2}, "MaxTerminalJobs"},
 	} {
 		_, err := Open(filepath.Join(t.TempDir(), "retryd.db"), c.opts)
 		require.ErrorContains(t, err, "Options."+c.field)

@@ -1,10 +1,12 @@
 package boltstore
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -64,28 +66,24 @@ func (s *Store) Stats(ctx context.Context, q store.StatsQuery) ([]store.PhaseSta
 	return out, nil
 }
 
-// Expire implements store.Store. Jobs go in chunks of expireChunk per
-// transaction; stats counters go when their whole hour is older than the
-// stats retention.
-func (s *Store) Expire(ctx context.Context, now time.Time) (int, error) {
+// Expire implements store.Store: terminal jobs updated longer than the job
+// retention ago, then the least recently updated terminal jobs beyond
+// MaxTerminalJobs, in chunks of expireChunk per transaction (so that one
+// transaction never holds the writer lock long); then the stats counters
+// whose whole hour is older than the stats retention. It never stops early
+// (More stays false): the chunks bound each transaction, not the call.
+func (s *Store) Expire(ctx context.Context, now time.Time) (store.ExpireResult, error) {
+	var res store.ExpireResult
 	jobCutoff := store.NowMicros(now) - s.opts.JobRetention.Microseconds()
-	statsCutoff := store.NowMicros(now) - s.opts.StatsRetention.Microseconds()
-	removed := 0
 	for {
-		if err := ctx.Err(); err != nil {
-			return removed, err
-		}
-		n := 0
-		err := s.db.Update(func(tx *bolt.Tx) error {
-			n = 0
-			t := newTxn(tx)
+		n, err := s.expireChunk(ctx, func(t *txn) ([]string, error) {
 			var ids []string
-			for _, state := range []store.JobState{store.StateFailed, store.StateCompleted, store.StateCanceled} {
-				prefix := []byte{byte(state)}
+			for _, state := range terminalStates {
 				cur := t.listing.Cursor()
+				prefix := []byte{byte(state)}
 				for k, _ := cur.Seek(prefix); k != nil && k[0] == byte(state) && len(ids) < expireChunk; k, _ = cur.Next() {
 					if len(k) < 9 {
-						return fmt.Errorf("%w: listing key %q is too short", errCorrupt, k)
+						return nil, fmt.Errorf("%w: listing key %q is too short", errCorrupt, k)
 					}
 					if readTime(k[1:]) >= jobCutoff {
 						break
@@ -93,35 +91,138 @@ func (s *Store) Expire(ctx context.Context, now time.Time) (int, error) {
 					ids = append(ids, string(k[9:]))
 				}
 			}
-			for _, id := range ids {
-				j, err := t.job(id)
-				if err != nil {
-					return err
-				}
-				if j == nil {
-					return fmt.Errorf("%w: listing entry of missing job %q", errCorrupt, id)
-				}
-				if err := t.deleteJob(id, j); err != nil {
-					return err
-				}
-			}
-			n = len(ids)
-			return nil
+			return ids, nil
 		})
+		res.ByAge += n
 		if err != nil {
-			return removed, fmt.Errorf("expire jobs: %w", s.wrap(err))
+			return res, err
 		}
-		removed += n
 		if n < expireChunk {
 			break
 		}
 	}
-	hour := store.StatsBucket.Microseconds()
+	if s.opts.MaxTerminalJobs != store.NoCountBound {
+		var total int
+		err := s.view(ctx, func(t *txn) error {
+			for _, state := range terminalStates {
+				cur := t.listing.Cursor()
+				for k, _ := cur.Seek([]byte{byte(state)}); k != nil && k[0] == byte(state); k, _ = cur.Next() {
+					total++
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return res, fmt.Errorf("expire jobs: %w", err)
+		}
+		for excess := total - s.opts.MaxTerminalJobs; excess > 0; {
+			want := min(excess, expireChunk)
+			n, err := s.expireChunk(ctx, func(t *txn) ([]string, error) { return oldestTerminal(t, want) })
+			res.ByCount += n
+			if err != nil {
+				return res, err
+			}
+			if n == 0 {
+				break
+			}
+			excess -= n
+		}
+	}
+	hours, err := s.expireStats(ctx, store.NowMicros(now)-s.opts.StatsRetention.Microseconds())
+	res.StatsHours = hours
+	return res, err
+}
+
+// terminalStates are the states whose jobs Expire removes.
+var terminalStates = []store.JobState{store.StateFailed, store.StateCompleted, store.StateCanceled}
+
+// expireChunk deletes, in one transaction, the jobs pick chooses, and
+// returns how many.
+func (s *Store) expireChunk(ctx context.Context, pick func(*txn) ([]string, error)) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	n := 0
 	err := s.db.Update(func(tx *bolt.Tx) error {
+		n = 0
+		t := newTxn(tx)
+		ids, err := pick(t)
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			j, err := t.job(id)
+			if err != nil {
+				return err
+			}
+			if j == nil {
+				return fmt.Errorf("%w: listing entry of missing job %q", errCorrupt, id)
+			}
+			if err := t.deleteJob(id, j); err != nil {
+				return err
+			}
+		}
+		n = len(ids)
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("expire jobs: %w", s.wrap(err))
+	}
+	return n, nil
+}
+
+// oldestTerminal returns the ids of the want least recently updated
+// terminal jobs, merging the listing's three terminal state ranges (each is
+// ordered by update time).
+func oldestTerminal(t *txn, want int) ([]string, error) {
+	type entry struct {
+		us int64
+		id string
+	}
+	var all []entry
+	for _, state := range terminalStates {
+		cur := t.listing.Cursor()
+		n := 0
+		for k, _ := cur.Seek([]byte{byte(state)}); k != nil && k[0] == byte(state) && n < want; k, _ = cur.Next() {
+			if len(k) < 9 {
+				return nil, fmt.Errorf("%w: listing key %q is too short", errCorrupt, k)
+			}
+			all = append(all, entry{readTime(k[1:]), string(k[9:])})
+			n++
+		}
+	}
+	slices.SortFunc(all, func(a, b entry) int {
+		if a.us != b.us {
+			return cmp.Compare(a.us, b.us)
+		}
+		return strings.Compare(a.id, b.id)
+	})
+	ids := make([]string, 0, min(want, len(all)))
+	for _, e := range all[:min(want, len(all))] {
+		ids = append(ids, e.id)
+	}
+	return ids, nil
+}
+
+// expireStats deletes the counters of the hours that ended at or before
+// cutoff (µs) and returns how many distinct hours it deleted.
+func (s *Store) expireStats(ctx context.Context, cutoff int64) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	hour := store.StatsBucket.Microseconds()
+	hours := 0
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		hours = 0
 		b := tx.Bucket(bucketStats)
 		var old [][]byte
+		last := int64(0)
 		cur := b.Cursor()
-		for k, _ := cur.First(); k != nil && len(k) >= 8 && readTime(k)+hour <= statsCutoff; k, _ = cur.Next() {
+		for k, _ := cur.First(); k != nil && len(k) >= 8 && readTime(k)+hour <= cutoff; k, _ = cur.Next() {
+			if h := readTime(k); len(old) == 0 || h != last {
+				hours++
+				last = h
+			}
 			old = append(old, slices.Clone(k))
 		}
 		for _, k := range old {
@@ -132,7 +233,7 @@ func (s *Store) Expire(ctx context.Context, now time.Time) (int, error) {
 		return nil
 	})
 	if err != nil {
-		return removed, fmt.Errorf("expire stats: %w", s.wrap(err))
+		return 0, fmt.Errorf("expire stats: %w", s.wrap(err))
 	}
-	return removed, nil
+	return hours, nil
 }

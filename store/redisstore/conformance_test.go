@@ -19,9 +19,10 @@ func TestConformance(t *testing.T) {
 	var n atomic.Int64
 	storetest.Run(t, func(t *testing.T, opts storetest.Options) store.Store {
 		s, err := Open(t.Context(), srv.URL(), Options{
-			Prefix:         fmt.Sprintf("conformance-%d", n.Add(1)),
-			JobRetention:   opts.JobRetention,
-			StatsRetention: opts.StatsRetention,
+			Prefix:          fmt.Sprintf("conformance-%d", n.Add(1)),
+			JobRetention:    opts.JobRetention,
+			StatsRetention:  opts.StatsRetention,
+			MaxTerminalJobs: opts.MaxTerminalJobs,
 		})
 		require.NoError(t, err)
 		return s

@@ -29,6 +29,11 @@ type Options struct {
 	// StatsRetention is how long Expire keeps hourly stats counters.
 	// Defaults to store.DefaultStatsRetention.
 	StatsRetention time.Duration
+	// MaxTerminalJobs bounds the failed, completed and canceled jobs kept:
+	// beyond it Expire removes the least recently updated ones, whatever
+	// their age. store.NoCountBound turns the bound off. Defaults to
+	// store.DefaultMaxTerminalJobs.
+	MaxTerminalJobs int
 	// ExpireLimit bounds the jobs one Expire call deletes, so that a large
 	// backlog of old jobs is worked off over several janitor runs instead of
 	// one long call. Defaults to 1000.
@@ -60,6 +65,9 @@ func (o Options) withDefaults() (Options, error) {
 	if o.StatsRetention == 0 {
 		o.StatsRetention = store.DefaultStatsRetention
 	}
+	if o.MaxTerminalJobs == 0 {
+		o.MaxTerminalJobs = store.DefaultMaxTerminalJobs
+	}
 	if o.ExpireLimit == 0 {
 		o.ExpireLimit = DefaultExpireLimit
 	}
@@ -71,6 +79,8 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("redisstore: Options.JobRetention %v is negative", o.JobRetention)
 	case o.StatsRetention < 0:
 		return o, fmt.Errorf("redisstore: Options.StatsRetention %v is negative", o.StatsRetention)
+	case o.MaxTerminalJobs < 0 && o.MaxTerminalJobs != store.NoCountBound:
+		return o, fmt.Errorf("redisstore: Options.MaxTerminalJobs %d is negative (store.NoCountBound turns the bound off)", o.MaxTerminalJobs)
 	case o.ExpireLimit < 0:
 		return o, fmt.Errorf("redisstore: Options.ExpireLimit %d is negative", o.ExpireLimit)
 	case o.EventBuffer < 0:

@@ -282,9 +282,10 @@ func TestConformanceOnCluster(t *testing.T) {
 	var n atomic.Int64
 	storetest.Run(t, func(t *testing.T, opts storetest.Options) store.Store {
 		s, err := Open(t.Context(), "redis+cluster://"+srv.Addr(), Options{
-			Prefix:         fmt.Sprintf("cluster-%d", n.Add(1)),
-			JobRetention:   opts.JobRetention,
-			StatsRetention: opts.StatsRetention,
+			Prefix:          fmt.Sprintf("cluster-%d", n.Add(1)),
+			JobRetention:    opts.JobRetention,
+			StatsRetention:  opts.StatsRetention,
+			MaxTerminalJobs: opts.MaxTerminalJobs,
 		})
 		require.NoError(t, err)
 		_, isCluster := s.client.(*redis.ClusterClient)
@@ -313,10 +314,11 @@ func TestOptions(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, Options{
 		Prefix: "retryd", JobRetention: store.DefaultJobRetention, StatsRetention: store.DefaultStatsRetention,
-		ExpireLimit: 1000, EventBuffer: 256,
+		MaxTerminalJobs: store.DefaultMaxTerminalJobs, ExpireLimit: 1000, EventBuffer: 256,
 	}, o)
 	for _, bad := range []Options{
 		{Prefix: "a{b"}, {Prefix: "}"}, {JobRetention: -1}, {StatsRetention: -time.Hour}, {ExpireLimit: -1}, {EventBuffer: -1},
+		{MaxTerminalJobs: -2},
 	} {
 		_, err := bad.withDefaults()
 		require.Error(t, err, "%+v", bad)

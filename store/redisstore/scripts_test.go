@@ -1,6 +1,7 @@
 package redisstore
 
 import (
+	"fmt"
 	"strconv"
 	"testing"
 	"time"
@@ -296,14 +297,14 @@ func TestExpireScripts(t *testing.T) {
 	})
 	before := h.dump()
 
-	n, err := h.s.Expire(h.ctx, t0.Add(store.DefaultJobRetention+3*time.Minute))
+	res, err := h.s.Expire(h.ctx, t0.Add(store.DefaultJobRetention+3*time.Minute))
 	require.NoError(t, err)
-	require.Equal(t, 0, n, "updated exactly one retention ago: kept")
+	require.Equal(t, store.ExpireResult{}, res, "updated exactly one retention ago: kept")
 	h.requireState(before, "Expire at the retention")
 
-	n, err = h.s.Expire(h.ctx, t0.Add(store.DefaultJobRetention+3*time.Minute+time.Microsecond))
+	res, err = h.s.Expire(h.ctx, t0.Add(store.DefaultJobRetention+3*time.Minute+time.Microsecond))
 	require.NoError(t, err)
-	require.Equal(t, 1, n)
+	require.Equal(t, store.ExpireResult{ByAge: 1}, res)
 	want := before.clone()
 	delete(want, "{t}:j:job-1")
 	delete(want, "{t}:a:job-1")
@@ -314,11 +315,79 @@ func TestExpireScripts(t *testing.T) {
 	_, err = h.s.Expire(h.ctx, t0.Add(store.DefaultStatsRetention+time.Hour-time.Microsecond))
 	require.NoError(t, err)
 	h.requireState(want, "Expire before the hour ended a retention ago")
-	_, err = h.s.Expire(h.ctx, t0.Add(store.DefaultStatsRetention+time.Hour))
+	res, err = h.s.Expire(h.ctx, t0.Add(store.DefaultStatsRetention+time.Hour))
 	require.NoError(t, err)
+	require.Equal(t, store.ExpireResult{StatsHours: 1}, res)
 	delete(want, statsHour0)
 	delete(want, "{t}:hours")
 	h.requireState(want, "Expire past the stats retention")
+}
+
+// TestExpireByCountScripts: beyond MaxTerminalJobs the least recently
+// updated terminal job goes, with its attempts and index entry, and nothing
+// else changes; a processing job never counts.
+func TestExpireByCountScripts(t *testing.T) {
+	h := setup(t)
+	h.seed(failedState()) // job-1, failed, updated at t0+3m
+	newer := failedState()
+	j2 := newer["{t}:j:job-1"].(hash)
+	j2["ua"] = us(4 * time.Minute)
+	other := scheduledState()
+	h.seed(state{
+		"{t}:j:job-2":          j2,
+		"{t}:a:job-2":          newer["{t}:a:job-1"],
+		"{t}:idx:f:extraction": zset{{"job-2", usn(4 * time.Minute)}},
+		"{t}:j:job-3":          other["{t}:j:job-1"],
+		"{t}:a:job-3":          other["{t}:a:job-1"],
+		"{t}:due:extraction":   zset{{"job-3", usn(time.Minute)}},
+		"{t}:idx:b:extraction": zset{{"job-3", usn(0)}},
+	})
+	before := h.dump()
+	s := New(h.rdb, Options{Prefix: "t", MaxTerminalJobs: 1})
+
+	res, err := s.Expire(h.ctx, t0.Add(time.Hour))
+	require.NoError(t, err)
+	require.Equal(t, store.ExpireResult{ByCount: 1}, res)
+	want := before.clone()
+	delete(want, "{t}:j:job-1")
+	delete(want, "{t}:a:job-1")
+	want["{t}:idx:f:extraction"] = zset{{"job-2", usn(4 * time.Minute)}}
+	h.requireState(want, "Expire beyond the count bound")
+
+	res, err = s.Expire(h.ctx, t0.Add(time.Hour))
+	require.NoError(t, err)
+	require.Equal(t, store.ExpireResult{}, res, "at the bound: nothing goes")
+	h.requireState(want, "Expire at the count bound")
+}
+
+// TestExpireLimit: one Expire call removes at most ExpireLimit jobs and
+// says so with More; calling again finishes the work.
+func TestExpireLimit(t *testing.T) {
+	h := setup(t)
+	for i := range 5 {
+		_, err := h.s.RecordSuccess(h.ctx, store.Success{JobID: fmt.Sprintf("job-%d", i), Phase: "extraction", Now: t0.Add(time.Duration(i) * time.Minute)})
+		require.NoError(t, err)
+	}
+	byCount := New(h.rdb, Options{Prefix: "t", MaxTerminalJobs: 1, ExpireLimit: 2})
+	var got []store.ExpireResult
+	for range 3 {
+		res, err := byCount.Expire(h.ctx, t0.Add(time.Hour))
+		require.NoError(t, err)
+		got = append(got, res)
+	}
+	require.Equal(t, []store.ExpireResult{{ByCount: 2, More: true}, {ByCount: 2}, {}}, got)
+	ids, err := h.rdb.ZRange(h.ctx, "{t}:idx:c:extraction", 0, -1).Result()
+	require.NoError(t, err)
+	require.Equal(t, []string{"job-4"}, ids, "the most recently updated job is kept")
+
+	byAge := New(h.rdb, Options{Prefix: "t", JobRetention: time.Minute, ExpireLimit: 1})
+	for i := range 3 {
+		_, err := h.s.RecordSuccess(h.ctx, store.Success{JobID: fmt.Sprintf("old-%d", i), Phase: "chunking", Now: t0})
+		require.NoError(t, err)
+	}
+	res, err := byAge.Expire(h.ctx, t0.Add(time.Hour))
+	require.NoError(t, err)
+	require.Equal(t, store.ExpireResult{ByAge: 1, More: true}, res, "the count bound waits while age is not done")
 }
 
 // TestRefusalsChangeNothing: every refused or duplicate report leaves every

@@ -6,8 +6,9 @@
 //	func TestConformance(t *testing.T) {
 //		storetest.Run(t, func(t *testing.T, opts storetest.Options) store.Store {
 //			s, err := boltstore.Open(filepath.Join(t.TempDir(), "retryd.db"), boltstore.Options{
-//				JobRetention:   opts.JobRetention,
-//				StatsRetention: opts.StatsRetention,
+//				JobRetention:    opts.JobRetention,
+//				StatsRetention:  opts.StatsRetention,
+//				MaxTerminalJobs: opts.MaxTerminalJobs,
 //			})
 //			require.NoError(t, err)
 //			return s
@@ -36,13 +37,17 @@ import (
 // Options are the settings the suite asks a factory to build a store with.
 // A factory must pass them on to the backend; a zero field means "the
 // backend's default", which the suite expects to be the default documented in
-// package store (store.DefaultJobRetention, store.DefaultStatsRetention).
+// package store (store.DefaultJobRetention, store.DefaultStatsRetention,
+// store.DefaultMaxTerminalJobs).
 type Options struct {
 	// JobRetention is how long terminal jobs are kept after their last
 	// update before Expire removes them.
 	JobRetention time.Duration
 	// StatsRetention is how long hourly stats counters are kept.
 	StatsRetention time.Duration
+	// MaxTerminalJobs is how many terminal jobs Expire keeps at most
+	// (store.NoCountBound: no count bound).
+	MaxTerminalJobs int
 }
 
 // Factory returns a fresh, empty store built with opts. The suite closes the
