@@ -28,6 +28,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/retryd/retryd/internal/auth"
 	"github.com/retryd/retryd/scheduler"
 	"github.com/retryd/retryd/store"
 )
@@ -76,6 +77,9 @@ type Config struct {
 	LogLevel string
 	// LogFormat is text or json. Defaults to text.
 	LogFormat string
+	// Auth holds the credentials retryd accepts, TLS, and the protected
+	// mode. Defaults to none: authentication and TLS off, loopback only.
+	Auth auth.Config
 }
 
 // Bounds of the few settings whose extremes would hurt.
@@ -113,11 +117,14 @@ func (c Config) Validate() error {
 			continue
 		}
 		if err := s.check(&c); err != nil {
-			errs = append(errs, fmt.Errorf("--%s: %w", s.flag, err))
+			errs = append(errs, fmt.Errorf("%s: %w", s.name(), err))
 		}
 	}
 	if err := c.Policy.Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("retry policy: %w", err))
+	}
+	if err := c.Auth.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
@@ -128,7 +135,7 @@ func (c Config) RedactedRedisURL() string { return redactURL(c.RedisURL) }
 
 // LogValue lets the start-up log show the configuration (without the
 // policy, which scheduler.Policy describes per phase, and without the Redis
-// password).
+// password or any token).
 func (c Config) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.String("listen", c.Listen),
@@ -145,6 +152,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("stats_retention", c.StatsRetention),
 		slog.String("log_level", c.LogLevel),
 		slog.String("log_format", c.LogFormat),
+		slog.Any("auth", c.Auth),
 	)
 }
 

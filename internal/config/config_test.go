@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -16,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/retryd/retryd/internal/auth"
 	"github.com/retryd/retryd/scheduler"
 )
 
@@ -98,6 +100,15 @@ func TestExampleFile(t *testing.T) {
 	}
 	want.LogLevel = "debug"
 	want.LogFormat = "json"
+	want.Auth = auth.Config{
+		WorkerTokenFile: "/run/secrets/retryd/worker-tokens",
+		AdminTokenFile:  "/run/secrets/retryd/admin-tokens",
+		TLSCert:         "/run/secrets/retryd/tls.crt",
+		TLSKey:          "/run/secrets/retryd/tls.key",
+		TLSClientCA:     "/run/secrets/retryd/client-ca.crt",
+		TLSAdminNames:   []string{"spiffe://cluster.local/ns/ops/*"},
+		TLSWorkerNames:  []string{"spiffe://cluster.local/ns/pipeline/*"},
+	}
 	requireConfig(t, want, c)
 
 	// The policy it describes builds.
@@ -146,6 +157,23 @@ type sourceCase struct {
 	want func(c *Config)
 }
 
+// needs are the flags a setting is only valid with (--tls-key for
+// --tls-cert), given as flags in each of its subtests; its want sets them too.
+var needs = map[string][]string{
+	"tls-cert":         {"--tls-key", "k.pem"},
+	"tls-key":          {"--tls-cert", "c.pem"},
+	"tls-client-ca":    withTLS,
+	"tls-admin-names":  withClientCA,
+	"tls-worker-names": withClientCA,
+}
+
+var (
+	withTLS      = []string{"--tls-cert", "c.pem", "--tls-key", "k.pem"}
+	withClientCA = append([]string{"--tls-client-ca", "ca.pem"}, withTLS...)
+	setTLS       = func(c *Config) { c.Auth.TLSCert, c.Auth.TLSKey = "c.pem", "k.pem" }
+	setClientCA  = func(c *Config) { setTLS(c); c.Auth.TLSClientCA = "ca.pem" }
+)
+
 // everySetting gives each scalar and list setting a non-default value.
 var everySetting = []sourceCase{
 	{"listen", "0.0.0.0:6000", func(c *Config) { c.Listen = "0.0.0.0:6000" }},
@@ -168,6 +196,17 @@ var everySetting = []sourceCase{
 	{"non-retryable-errors", "Quota", func(c *Config) { c.Policy.NonRetryableTypes = []string{"Quota"} }},
 	{"log-level", "WARN", func(c *Config) { c.LogLevel = "warn" }},
 	{"log-format", "json", func(c *Config) { c.LogFormat = "json" }},
+	{"worker-token-file", "/run/w", func(c *Config) { c.Auth.WorkerTokenFile = "/run/w" }},
+	{"admin-token-file", "/run/a", func(c *Config) { c.Auth.AdminTokenFile = "/run/a" }},
+	{"tls-cert", "/tls/c.pem", func(c *Config) { c.Auth.TLSCert, c.Auth.TLSKey = "/tls/c.pem", "k.pem" }},
+	{"tls-key", "/tls/k.pem", func(c *Config) { c.Auth.TLSCert, c.Auth.TLSKey = "c.pem", "/tls/k.pem" }},
+	{"tls-client-ca", "/tls/ca.pem", func(c *Config) { setTLS(c); c.Auth.TLSClientCA = "/tls/ca.pem" }},
+	{"tls-admin-names", "ops, spiffe://x/ns/ops/*", func(c *Config) {
+		setClientCA(c)
+		c.Auth.TLSAdminNames = []string{"ops", "spiffe://x/ns/ops/*"}
+	}},
+	{"tls-worker-names", "w1,w2", func(c *Config) { setClientCA(c); c.Auth.TLSWorkerNames = []string{"w1", "w2"} }},
+	{"allow-unauthenticated", "true", func(c *Config) { c.Auth.AllowUnauthenticated = true }},
 }
 
 func TestEverySettingFromEverySource(t *testing.T) {
@@ -179,7 +218,9 @@ func TestEverySettingFromEverySource(t *testing.T) {
 	}
 	for _, s := range settings {
 		if s.kind == scalar || s.kind == list {
-			if s.flag != "config" {
+			// --config selects the file; the environment-only token lists
+			// have TestTokensFromTheEnvironment.
+			if s.flag != "config" && s.flag != "" {
 				require.Contains(t, covered, s.flag, "add --%s to everySetting", s.flag)
 			}
 		}
@@ -190,14 +231,21 @@ func TestEverySettingFromEverySource(t *testing.T) {
 		want := Default()
 		sc.want(&want)
 		items := splitList(sc.raw)
+		with := needs[sc.flag]
 
 		t.Run(sc.flag+"/flag", func(t *testing.T) {
 			t.Parallel()
-			c, err := loadT(t, []string{"--" + sc.flag, sc.raw}, nil)
-			require.NoError(t, err)
-			requireConfig(t, want, c)
+			if !s.boolean { // a switch takes no separate value
+				c, err := loadT(t, append([]string{"--" + sc.flag, sc.raw}, with...), nil)
+				require.NoError(t, err)
+				requireConfig(t, want, c)
+			} else {
+				c, err := loadT(t, append([]string{"--" + sc.flag}, with...), nil)
+				require.NoError(t, err)
+				requireConfig(t, want, c)
+			}
 			// The single-dash and = forms of the flag package work too.
-			c, err = loadT(t, []string{"-" + sc.flag + "=" + sc.raw}, nil)
+			c, err := loadT(t, append([]string{"-" + sc.flag + "=" + sc.raw}, with...), nil)
 			require.NoError(t, err)
 			requireConfig(t, want, c)
 		})
@@ -211,7 +259,7 @@ func TestEverySettingFromEverySource(t *testing.T) {
 			} else {
 				env = []string{s.env + "=" + sc.raw}
 			}
-			c, err := loadT(t, nil, env)
+			c, err := loadT(t, with, env)
 			require.NoError(t, err)
 			requireConfig(t, want, c)
 		})
@@ -224,7 +272,7 @@ func TestEverySettingFromEverySource(t *testing.T) {
 			out, err := yaml.Marshal(map[string]any{s.key: val})
 			require.NoError(t, err)
 			path := writeFile(t, string(out))
-			c, err := loadT(t, []string{"--config", path}, nil)
+			c, err := loadT(t, append([]string{"--config", path}, with...), nil)
 			require.NoError(t, err)
 			want := want
 			want.ConfigFile = path
@@ -465,6 +513,23 @@ func TestErrors(t *testing.T) {
 		{"two documents", nil, nil, "listen: :1\n---\nlisten: :2\n", "config file FILE: holds more than one YAML document"},
 		{"a duplicate key", nil, nil, "listen: :1\nlisten: :2\n", `config file FILE: yaml: unmarshal errors:` + "\n" + `  line 2: mapping key "listen" already defined at line 1`},
 		{"a secret in the file stays hidden", nil, nil, "redis_url: 'ftp://a:hunter2@h'\n", `config file FILE: redis_url: invalid value "ftp://a:xxxxx@h": redisstore: Redis URL "ftp://a:xxxxx@h": unknown scheme "ftp"…`},
+
+		// Authentication. Tokens never appear in a message ("hunter2" is checked below).
+		{"a short token", nil, []string{"RETRYD_ADMIN_TOKENS=hunter2"}, "",
+			`RETRYD_ADMIN_TOKENS: invalid value (hidden): a token must be 16 to 4096 characters long (this one has 7); make one with: head -c 32 /dev/urandom | base64`},
+		{"a token with a space", nil, []string{"RETRYD_WORKER_TOKENS=0123456789abcdef,hunter2 hunter2 hunter2"}, "",
+			`RETRYD_WORKER_TOKENS (item 2): invalid value (hidden): character 8 of the token is not allowed: a token is printable ASCII without spaces or commas`},
+		{"a token of both roles", nil, []string{"RETRYD_WORKER_TOKENS=hunter2hunter2hunter2", "RETRYD_ADMIN_TOKENS=hunter2hunter2hunter2"}, "",
+			"RETRYD_ADMIN_TOKENS item 1 is also given as RETRYD_WORKER_TOKENS item 1: a token may have one role only"},
+		{"no token flag", []string{"--worker-tokens", "hunter2hunter2hunter2"}, nil, "", "flag provided but not defined: -worker-tokens (see retryd --help)"},
+		{"no token key", nil, nil, "admin_tokens: [hunter2hunter2hunter2]\n", "config file FILE: yaml: unmarshal errors:\n  line 1: field admin_tokens not found…"},
+		{"a certificate without its key", []string{"--tls-cert", "c.pem"}, nil, "", "--tls-cert and --tls-key go together: set both to serve TLS, or neither"},
+		{"a client CA without TLS", nil, []string{"RETRYD_TLS_CLIENT_CA=ca.pem"}, "", "--tls-client-ca needs --tls-cert and --tls-key: client certificates are checked in the TLS handshake"},
+		{"certificate names without a client CA", []string{"--tls-admin-names", "ops"}, nil, "", "--tls-admin-names and --tls-worker-names need --tls-client-ca"},
+		{"a name matching everything", nil, []string{"RETRYD_TLS_WORKER_NAMES=a,*"}, "", `RETRYD_TLS_WORKER_NAMES (item 2): invalid value "*": a name must not be empty or match everything`},
+		{"a star inside a name", []string{"--tls-admin-names", "sp*ffe"}, nil, "", `--tls-admin-names: invalid value "sp*ffe": "sp*ffe": '*' may only end a name (a prefix match)`},
+		{"a switch with a value", []string{"--allow-unauthenticated", "yes"}, nil, "", `unexpected argument "yes": retryd takes flags only (see retryd --help)`},
+		{"a switch in the environment", nil, []string{"RETRYD_ALLOW_UNAUTHENTICATED=yes"}, "", `RETRYD_ALLOW_UNAUTHENTICATED: invalid value "yes": not true or false`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -485,6 +550,37 @@ func TestErrors(t *testing.T) {
 			require.NotContains(t, err.Error(), "hunter2")
 		})
 	}
+}
+
+// TestTokensFromTheEnvironment: the token lists have no flag and no file
+// key; they are trimmed, and LogValue counts them without showing them.
+func TestTokensFromTheEnvironment(t *testing.T) {
+	t.Parallel()
+	const w1, w2, a1 = "worker-token-0123456789", "worker-token-abcdefghij", "admin+token/0123456789="
+	c, err := loadT(t, nil, []string{"RETRYD_WORKER_TOKENS=" + w1 + ", " + w2 + " ", "RETRYD_ADMIN_TOKENS=" + a1})
+	require.NoError(t, err)
+	want := Default()
+	want.Auth.WorkerTokens = []string{w1, w2}
+	want.Auth.AdminTokens = []string{a1}
+	requireConfig(t, want, c)
+	require.True(t, c.Auth.Enabled())
+
+	var buf bytes.Buffer
+	slog.New(slog.NewTextHandler(&buf, nil)).Info("config", "config", c)
+	require.Contains(t, buf.String(), "config.auth.worker_tokens=2 config.auth.admin_tokens=1")
+	for _, tok := range []string{w1, w2, a1} {
+		require.NotContains(t, buf.String(), tok)
+	}
+	require.NotContains(t, Usage(), w1)
+
+	// A switch in the config file is a YAML boolean.
+	path := writeFile(t, "allow_unauthenticated: true\n")
+	c, err = loadT(t, []string{"--config", path}, nil)
+	require.NoError(t, err)
+	require.True(t, c.Auth.AllowUnauthenticated)
+	c, err = loadT(t, []string{"--config", path, "--allow-unauthenticated=false"}, nil)
+	require.NoError(t, err)
+	require.False(t, c.Auth.AllowUnauthenticated)
 }
 
 func TestEmptyFileIsAllDefaults(t *testing.T) {
@@ -516,13 +612,19 @@ func TestUsageListsEverySetting(t *testing.T) {
 	def := Default()
 	for _, s := range settings {
 		// The flag line, then the help, then the env line with the default.
-		i := strings.Index(u, "\n  --"+s.flag+" "+s.arg)
-		require.GreaterOrEqual(t, i, 0, "--%s missing", s.flag)
-		block := u[i+1:]
-		if j := strings.Index(block[3:], "\n  --"); j >= 0 {
-			block = block[:j+3]
+		header := "\n" + usageHeader(&s)
+		if s.kind == phaseScalar || s.kind == phaseList {
+			header += "  (repeatable)"
 		}
-		require.Contains(t, block, "env "+s.env, "--%s", s.flag)
+		i := strings.Index(u, header+"\n")
+		require.GreaterOrEqual(t, i, 0, "%s missing", s.name())
+		block := u[i+1:]
+		if j := nextHeader.FindStringIndex(block); j != nil {
+			block = block[:j[0]]
+		}
+		if s.flag != "" {
+			require.Contains(t, block, "env "+s.env, "--%s", s.flag)
+		}
 		require.Contains(t, block, s.show(&def), "--%s default", s.flag)
 		if s.key != "" {
 			require.Contains(t, block, "file ", "--%s", s.flag)
@@ -536,17 +638,25 @@ func TestUsageListsEverySetting(t *testing.T) {
 	}
 }
 
+// nextHeader finds the line after a setting's block: the next setting's
+// header (two spaces, then not a space) or a group title.
+var nextHeader = regexp.MustCompile(`\n(  [^ ]|[^ \n])`)
+
 func TestFlagsAndEnvNamesAreUnique(t *testing.T) {
 	t.Parallel()
 	seen := map[string]string{}
 	for _, s := range settings {
-		for _, name := range []string{"flag:" + s.flag, "env:" + s.env} {
+		names := []string{"env:" + s.env}
+		if s.flag != "" {
+			names = append(names, "flag:"+s.flag)
+		}
+		for _, name := range names {
 			require.Empty(t, seen[name], "%s used twice", name)
-			seen[name] = s.flag
+			seen[name] = s.name()
 		}
 		require.NotEmpty(t, s.env, "--%s has no environment twin", s.flag)
 		require.NotEmpty(t, s.help)
-		require.NotEmpty(t, s.arg)
+		require.Equal(t, s.boolean, s.arg == "", "%s: a switch has no ARG, anything else has one", s.name())
 	}
 }
 
@@ -559,6 +669,8 @@ func TestValidate(t *testing.T) {
 	c.LeaseDuration = 0
 	c.LogFormat = "xml"
 	c.Policy.Jitter = 2
+	c.Auth.TLSKey = "k.pem"
+	c.Auth.AdminTokens = []string{"short"}
 	err := c.Validate()
 	require.Error(t, err)
 	for _, want := range []string{
@@ -566,6 +678,8 @@ func TestValidate(t *testing.T) {
 		"--lease-duration: must be positive",
 		"--log-format: must be one of text, json",
 		"retry policy: Jitter: 2 is outside [0, 1)",
+		"--tls-cert and --tls-key go together",
+		"RETRYD_ADMIN_TOKENS item 1: a token must be 16 to 4096 characters long",
 	} {
 		require.Contains(t, err.Error(), want)
 	}

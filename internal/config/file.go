@@ -43,6 +43,15 @@ type fileConfig struct {
 
 	LogLevel  *string `yaml:"log_level"`
 	LogFormat *string `yaml:"log_format"`
+
+	WorkerTokenFile      *string   `yaml:"worker_token_file"`
+	AdminTokenFile       *string   `yaml:"admin_token_file"`
+	TLSCert              *string   `yaml:"tls_cert"`
+	TLSKey               *string   `yaml:"tls_key"`
+	TLSClientCA          *string   `yaml:"tls_client_ca"`
+	TLSAdminNames        *[]string `yaml:"tls_admin_names"`
+	TLSWorkerNames       *[]string `yaml:"tls_worker_names"`
+	AllowUnauthenticated *string   `yaml:"allow_unauthenticated"`
 }
 
 // filePhase is one entry of phases: a per-phase override.

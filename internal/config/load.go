@@ -49,6 +49,9 @@ func (a assignment) apply(c *Config) error {
 
 // display quotes a value for an error message, hiding secrets.
 func (a assignment) display(v string) string {
+	if a.s.hidden {
+		return "(hidden)"
+	}
 	if a.s.secret {
 		return strconv.Quote(redactURL(v))
 	}
@@ -108,6 +111,11 @@ func load(args, environ []string, helpOut io.Writer) (Config, error) {
 	if err := c.Policy.Validate(); err != nil {
 		return Config{}, fmt.Errorf("retry policy: %w", err)
 	}
+	// And the authentication settings that go together (--tls-cert with
+	// --tls-key, a token given to both roles).
+	if err := c.Auth.Validate(); err != nil {
+		return Config{}, err
+	}
 	return c, nil
 }
 
@@ -116,7 +124,11 @@ func load(args, environ []string, helpOut io.Writer) (Config, error) {
 type flagValue struct {
 	vals       []string
 	repeatable bool
+	boolean    bool
 }
+
+// IsBoolFlag lets a boolean setting be given without a value.
+func (v *flagValue) IsBoolFlag() bool { return v.boolean }
 
 func (v *flagValue) String() string { return strings.Join(v.vals, " ") }
 
@@ -137,8 +149,10 @@ func parseFlags(args []string) ([]assignment, error) {
 	values := make([]*flagValue, len(settings))
 	for i := range settings {
 		s := &settings[i]
-		values[i] = &flagValue{repeatable: s.kind == phaseScalar || s.kind == phaseList}
-		fs.Var(values[i], s.flag, s.help)
+		values[i] = &flagValue{repeatable: s.kind == phaseScalar || s.kind == phaseList, boolean: s.boolean}
+		if s.flag != "" { // environment-only settings have none
+			fs.Var(values[i], s.flag, s.help)
+		}
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -203,7 +217,7 @@ Lists are comma-separated (YAML sequences in the config file).
 			group = s.group
 			fmt.Fprintf(&b, "\n%s:\n", group)
 		}
-		fmt.Fprintf(&b, "  --%s %s", s.flag, s.arg)
+		b.WriteString(usageHeader(s))
 		if s.kind == phaseScalar || s.kind == phaseList {
 			b.WriteString("  (repeatable)")
 		}
@@ -212,6 +226,9 @@ Lists are comma-separated (YAML sequences in the config file).
 			fmt.Fprintf(&b, "      %s\n", line)
 		}
 		parts := []string{"env " + s.env}
+		if s.flag == "" {
+			parts = nil // the header names the variable
+		}
 		switch {
 		case s.kind == phaseScalar || s.kind == phaseList:
 			parts = append(parts, "file phases.<phase>."+s.key, "default: as "+s.show(&def))
@@ -238,6 +255,18 @@ Example config file:
       max_retries: 5
 `)
 	return b.String()
+}
+
+// usageHeader is a setting's first line in Usage: "  --flag ARG", "  --switch",
+// or for an environment-only setting "  VARIABLE=ARG (environment only)".
+func usageHeader(s *setting) string {
+	switch {
+	case s.flag == "":
+		return fmt.Sprintf("  %s=%s (environment only)", s.env, s.arg)
+	case s.boolean:
+		return "  --" + s.flag
+	}
+	return fmt.Sprintf("  --%s %s", s.flag, s.arg)
 }
 
 // wrap breaks text into lines of at most width bytes at spaces (a longer

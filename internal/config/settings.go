@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/retryd/retryd/internal/auth"
 	"github.com/retryd/retryd/scheduler"
 )
 
@@ -42,6 +43,10 @@ type setting struct {
 	kind kind
 	// secret values are redacted in error messages.
 	secret bool
+	// hidden values (tokens) never appear in error messages at all.
+	hidden bool
+	// boolean settings are flags without a value (--allow-unauthenticated).
+	boolean bool
 	// show renders the value in c, for the defaults in the help.
 	show func(c *Config) string
 	// set parses vals (exactly one for scalar kinds) into c. A failing list
@@ -222,6 +227,55 @@ var settings = []setting{
 		},
 	},
 
+	// Authentication (internal/auth). Tokens themselves are never taken
+	// from a flag, whose value any local user can read in the process
+	// list, nor from the config file, which is often not a secret: only
+	// from the environment or from token files.
+	stringSetting("Authentication", "worker-token-file", "RETRYD_WORKER_TOKEN_FILE", "worker_token_file", "FILE",
+		"File of worker bearer tokens, one per line (# comments); re-read when it changes. "+
+			"A worker may call RetryService.",
+		func(c *Config) *string { return &c.Auth.WorkerTokenFile }, noCheck),
+	stringSetting("Authentication", "admin-token-file", "RETRYD_ADMIN_TOKEN_FILE", "admin_token_file", "FILE",
+		"File of admin bearer tokens; an admin may call AdminService and RetryService.",
+		func(c *Config) *string { return &c.Auth.AdminTokenFile }, noCheck),
+	tokenSetting("RETRYD_WORKER_TOKENS", "Worker bearer tokens, comma-separated, added to the file's.",
+		func(c *Config) *[]string { return &c.Auth.WorkerTokens }),
+	tokenSetting("RETRYD_ADMIN_TOKENS", "Admin bearer tokens, comma-separated, added to the file's.",
+		func(c *Config) *[]string { return &c.Auth.AdminTokens }),
+	stringSetting("Authentication", "tls-cert", "RETRYD_TLS_CERT", "tls_cert", "FILE",
+		"PEM certificate (chain) of the gRPC listener; with --tls-key, retryd serves TLS. Re-read when it changes.",
+		func(c *Config) *string { return &c.Auth.TLSCert }, noCheck),
+	stringSetting("Authentication", "tls-key", "RETRYD_TLS_KEY", "tls_key", "FILE",
+		"PEM private key of --tls-cert.",
+		func(c *Config) *string { return &c.Auth.TLSKey }, noCheck),
+	stringSetting("Authentication", "tls-client-ca", "RETRYD_TLS_CLIENT_CA", "tls_client_ca", "FILE",
+		"PEM CA bundle: a client certificate it signed authenticates (mutual TLS); "+
+			"its role comes from --tls-admin-names and --tls-worker-names.",
+		func(c *Config) *string { return &c.Auth.TLSClientCA }, noCheck),
+	namesSetting("tls-admin-names", "RETRYD_TLS_ADMIN_NAMES", "tls_admin_names",
+		"Client certificate names given the admin role: the subject CN or a DNS, URI or email SAN, "+
+			"exact or as a prefix ending in * (spiffe://cluster.local/ns/ops/*).",
+		func(c *Config) *[]string { return &c.Auth.TLSAdminNames }),
+	namesSetting("tls-worker-names", "RETRYD_TLS_WORKER_NAMES", "tls_worker_names",
+		`Client certificate names given the worker role; "" means every other certificate the client CA signed.`,
+		func(c *Config) *[]string { return &c.Auth.TLSWorkerNames }),
+	{
+		group: "Authentication", flag: "allow-unauthenticated", env: "RETRYD_ALLOW_UNAUTHENTICATED", key: "allow_unauthenticated",
+		boolean: true,
+		help: "Serve beyond loopback (0.0.0.0, a pod IP) without any credential configured. Without it retryd " +
+			"refuses, as Redis's protected mode does: use it only when something else keeps strangers out. " +
+			"A switch: --allow-unauthenticated=false turns it off again.",
+		show: func(c *Config) string { return strconv.FormatBool(c.Auth.AllowUnauthenticated) },
+		set: func(c *Config, _ string, v []string) error {
+			b, err := strconv.ParseBool(strings.TrimSpace(v[0]))
+			if err != nil {
+				return errors.New("not true or false")
+			}
+			c.Auth.AllowUnauthenticated = b
+			return nil
+		},
+	},
+
 	// Logging.
 	{
 		group: "Logging", flag: "log-level", env: "RETRYD_LOG_LEVEL", key: "log_level", arg: "LEVEL",
@@ -276,6 +330,62 @@ func durationSetting(group, flag, env, key, help string, field func(*Config) *ti
 		},
 		check: func(c *Config) error { return check(*field(c)) },
 	}
+}
+
+// tokenSetting is an environment-only list of bearer tokens (no flag, no
+// file key); errors never show a token.
+func tokenSetting(env, help string, field func(*Config) *[]string) setting {
+	return setting{
+		group: "Authentication", env: env, arg: "LIST", kind: list, hidden: true,
+		help: help + " Environment only: a flag would show them in the process list.",
+		show: func(c *Config) string {
+			if n := len(*field(c)); n > 0 {
+				return fmt.Sprintf("(%d hidden)", n)
+			}
+			return ""
+		},
+		set: func(c *Config, _ string, v []string) error {
+			toks := make([]string, len(v))
+			for i, tok := range v {
+				toks[i] = strings.TrimSpace(tok)
+				if err := auth.CheckToken(toks[i]); err != nil {
+					return &itemError{index: i, err: err}
+				}
+			}
+			*field(c) = toks
+			return nil
+		},
+	}
+}
+
+// namesSetting is a list of client certificate name patterns.
+func namesSetting(flag, env, key, help string, field func(*Config) *[]string) setting {
+	return setting{
+		group: "Authentication", flag: flag, env: env, key: key, arg: "LIST", kind: list, help: help,
+		show: func(c *Config) string { return strings.Join(*field(c), ",") },
+		set: func(c *Config, _ string, v []string) error {
+			names := make([]string, len(v))
+			for i, n := range v {
+				names[i] = strings.TrimSpace(n)
+				if err := auth.CheckNamePattern(names[i]); err != nil {
+					return &itemError{index: i, err: err}
+				}
+			}
+			*field(c) = names
+			return nil
+		},
+	}
+}
+
+func noCheck(string) error { return nil }
+
+// name is how messages call the setting: its flag, or for the
+// environment-only ones its variable.
+func (s *setting) name() string {
+	if s.flag == "" {
+		return s.env
+	}
+	return "--" + s.flag
 }
 
 // phaseOverride returns the phase's override so far, creating the map.
