@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/retryd/retryd/internal/auth"
 	"github.com/retryd/retryd/internal/config"
 	"github.com/retryd/retryd/internal/metrics"
 	"github.com/retryd/retryd/scheduler"
@@ -37,6 +38,12 @@ func Run(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 		return err
 	}
 	policy, err := scheduler.NewPolicy(cfg.Policy, nil)
+	if err != nil {
+		return err
+	}
+	// Credentials and certificates are read before anything else starts,
+	// so that a bad file stops retryd at once.
+	authn, err := auth.New(cfg.Auth, auth.Options{Logger: log})
 	if err != nil {
 		return err
 	}
@@ -83,6 +90,7 @@ func Run(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 		LeaseDuration:     cfg.LeaseDuration,
 		HeartbeatInterval: cfg.HeartbeatInterval,
 		MaxPayloadBytes:   cfg.MaxPayloadBytes,
+		ServerOptions:     authn.ServerOptions(),
 	})
 	if err != nil {
 		return err
@@ -91,6 +99,16 @@ func Run(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s (--listen / RETRYD_LISTEN): %w", cfg.Listen, err)
+	}
+	// The protected mode looks at the address the kernel bound, so that
+	// host names and ":port" are judged as they really listen.
+	if err := cfg.Auth.CheckListen(lis.Addr()); err != nil {
+		lis.Close()
+		return err
+	}
+	log.Info("authentication", "auth", cfg.Auth)
+	for _, w := range cfg.Auth.Warnings(lis.Addr()) {
+		log.Warn(w)
 	}
 	var metricsSrv *http.Server
 	if cfg.MetricsListen != "" {
