@@ -80,6 +80,9 @@ func (s *Store) RetryJob(ctx context.Context, jobID, fromPhase string, now time.
 		}
 		switch code {
 		case codeOK:
+			if err := s.durable(ctx, "retry job"); err != nil {
+				return store.Job{}, err
+			}
 			return s.jobFromReply(jobID, res, "retry job")
 		case codeMoved:
 			continue
@@ -158,6 +161,9 @@ func (s *Store) CancelJob(ctx context.Context, jobID, reason string, now time.Ti
 		}
 		switch code {
 		case codeOK:
+			if err := s.durable(ctx, "cancel job"); err != nil {
+				return store.Job{}, err
+			}
 			return s.jobFromReply(jobID, res, "cancel job")
 		case codeMoved:
 			continue

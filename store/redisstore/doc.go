@@ -15,7 +15,10 @@
 // replica sends it. A report is acknowledged after the script returns, that
 // is after Redis applied it; how durable that is is Redis's persistence
 // setting (appendonly yes with appendfsync always keeps every acknowledged
-// report across a crash; everysec may lose the last second). Reads
+// report across a crash; everysec may lose the last second), which Open
+// reads and ServerInfo.LossWindow states. With Options.Durability
+// DurabilityStrict a report is acknowledged only once WAIT confirms that
+// Options.WaitReplicas replicas received it (server.go). Reads
 // (GetJob, ListJobs, Stats, NextDue, NextLeaseExpiry, ExpiredLeases) are
 // plain commands and pipelines.
 //
@@ -35,6 +38,16 @@
 // Events (store.Event) are published by the scripts on the channel
 // {<prefix>}:events, so every replica's Subscribe sees every replica's
 // schedules and lease releases.
+//
+// # Memory
+//
+// Open refuses a Redis whose maxmemory-policy is not noeviction unless
+// Options.AllowEviction is set (ErrEvictionPolicy): an evicted key is a
+// retry, lease or history lost without a trace. With noeviction a full
+// Redis refuses writes ("OOM"), which the store reports as
+// store.ErrUnavailable; Redis refuses a script only at its first write, so
+// a refused script changed nothing, and one that Redis lets finish (it
+// started by deleting) was applied whole.
 //
 // # Data layout
 //
@@ -57,6 +70,7 @@
 //	{P}:stats:<hour>          hash     counters of the attempts finished in that hour (Unix
 //	                                   hours), one field per kind (below)
 //	{P}:hours                 zset     the hours that have a stats hash: member and score the hour
+//	{P}:sync                  string   a counter strict durability increments before WAIT (server.go)
 //	{P}:events                channel  Pub/Sub channel (not a key) of event messages (below)
 //
 // Fields of the job hash {P}:j:<job> (short names: a job hash is kept small

@@ -27,6 +27,7 @@ func TestKeys(t *testing.T) {
 		{"stats hour", k.statsHour(493_161), "{retryd}:stats:493161"},
 		{"hours", k.hours(), "{retryd}:hours"},
 		{"events", k.events(), "{retryd}:events"},
+		{"sync", k.sync(), "{retryd}:sync"},
 		{"other prefix", odd.job("j"), "{team-a:prod}:j:j"},
 	} {
 		if c.got != c.want {

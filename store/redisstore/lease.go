@@ -203,7 +203,13 @@ func (s *Store) ExtendLease(ctx context.Context, jobID, leaseID string, until, n
 	switch code {
 	case codeOK:
 		exp := p.micros(replyString(res, 1))
-		return exp, p.err
+		if p.err != nil {
+			return time.Time{}, p.err
+		}
+		if err := s.durable(ctx, "extend lease"); err != nil {
+			return time.Time{}, err
+		}
+		return exp, nil
 	case codeLeaseNotHeld:
 		if e := replyString(res, 1); e != "" {
 			return time.Time{}, fmt.Errorf("%w: lease %q of job %q expired at %s", store.ErrLeaseNotHeld, leaseID, jobID,

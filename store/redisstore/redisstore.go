@@ -38,6 +38,21 @@ type Options struct {
 	// backlog of old jobs is worked off over several janitor runs instead of
 	// one long call. Defaults to 1000.
 	ExpireLimit int
+	// AllowEviction lets Open accept a Redis whose maxmemory-policy is not
+	// noeviction (it then only warns, in ServerInfo). Without it Open fails
+	// with ErrEvictionPolicy: an evicted key is silently lost data.
+	AllowEviction bool
+	// Durability is when a change counts as done: DurabilityAsync (applied
+	// by Redis) or DurabilityStrict (also received by WaitReplicas
+	// replicas). Defaults to DurabilityAsync.
+	Durability Durability
+	// WaitReplicas is how many replicas must confirm each acknowledged
+	// change under DurabilityStrict. Defaults to 1.
+	WaitReplicas int
+	// WaitTimeout bounds each wait for replicas under DurabilityStrict; at
+	// least a millisecond (WAIT counts milliseconds, and 0 would wait
+	// forever). Defaults to 1 second.
+	WaitTimeout time.Duration
 	// EventBuffer is the capacity of each Subscribe channel; events are
 	// dropped, not queued without bound, when the reader falls behind (they
 	// are hints). Defaults to 256.
@@ -74,6 +89,15 @@ func (o Options) withDefaults() (Options, error) {
 	if o.EventBuffer == 0 {
 		o.EventBuffer = DefaultEventBuffer
 	}
+	if o.Durability == "" {
+		o.Durability = DurabilityAsync
+	}
+	if o.WaitReplicas == 0 {
+		o.WaitReplicas = DefaultWaitReplicas
+	}
+	if o.WaitTimeout == 0 {
+		o.WaitTimeout = DefaultWaitTimeout
+	}
 	switch {
 	case o.JobRetention < 0:
 		return o, fmt.Errorf("redisstore: Options.JobRetention %v is negative", o.JobRetention)
@@ -85,6 +109,12 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("redisstore: Options.ExpireLimit %d is negative", o.ExpireLimit)
 	case o.EventBuffer < 0:
 		return o, fmt.Errorf("redisstore: Options.EventBuffer %d is negative", o.EventBuffer)
+	case o.Durability != DurabilityAsync && o.Durability != DurabilityStrict:
+		return o, fmt.Errorf("redisstore: Options.Durability %q is not %q or %q", o.Durability, DurabilityAsync, DurabilityStrict)
+	case o.WaitReplicas < 0:
+		return o, fmt.Errorf("redisstore: Options.WaitReplicas %d is negative", o.WaitReplicas)
+	case o.WaitTimeout < time.Millisecond:
+		return o, fmt.Errorf("redisstore: Options.WaitTimeout %v is below 1ms", o.WaitTimeout)
 	}
 	return o, nil
 }
@@ -99,6 +129,7 @@ type Store struct {
 	k      keys
 
 	mu     sync.Mutex
+	info   ServerInfo // what Open learned about Redis
 	closed bool
 	done   chan struct{} // closed by Close: ends subscriptions
 	subs   sync.WaitGroup
@@ -110,9 +141,11 @@ var (
 )
 
 // Open connects to the Redis named by rawURL (see NewClient for the forms:
-// single server, Sentinel, Cluster), checks that it answers, and returns a
+// single server, Sentinel, Cluster), checks that it answers, reads the
+// settings that decide whether data can be lost (ServerInfo), and returns a
 // Store that owns the connection. A Redis that does not answer gives an
-// error wrapping store.ErrUnavailable.
+// error wrapping store.ErrUnavailable; one that may evict keys gives
+// ErrEvictionPolicy unless opts.AllowEviction is set.
 func Open(ctx context.Context, rawURL string, opts Options) (*Store, error) {
 	opts, err := opts.withDefaults()
 	if err != nil {
@@ -128,16 +161,26 @@ func Open(ctx context.Context, rawURL string, opts Options) (*Store, error) {
 		_ = client.Close()
 		return nil, err
 	}
+	info, err := inspect(ctx, client, opts)
+	if err != nil {
+		_ = client.Close()
+		return nil, err
+	}
+	s.info = info
 	return s, nil
 }
 
 // New returns a Store on a client the caller made and keeps: Close does not
-// close it. New panics when opts are invalid (a brace in Prefix, a negative
-// duration), a programming error.
+// close it. It neither checks nor inspects the server (ServerInfo is
+// empty). New panics when opts are invalid (a brace in Prefix, a negative
+// duration, strict durability on a Cluster client), a programming error.
 func New(client redis.UniversalClient, opts Options) *Store {
 	opts, err := opts.withDefaults()
 	if err != nil {
 		panic(err)
+	}
+	if _, single := client.(*redis.Client); opts.Durability == DurabilityStrict && !single {
+		panic(fmt.Sprintf("redisstore: strict durability needs a single-primary client, not %T", client))
 	}
 	return newStore(client, opts)
 }

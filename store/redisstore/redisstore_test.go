@@ -315,6 +315,7 @@ func TestOptions(t *testing.T) {
 	require.Equal(t, Options{
 		Prefix: "retryd", JobRetention: store.DefaultJobRetention, StatsRetention: store.DefaultStatsRetention,
 		MaxTerminalJobs: store.DefaultMaxTerminalJobs, ExpireLimit: 1000, EventBuffer: 256,
+		Durability: DurabilityAsync, WaitReplicas: 1, WaitTimeout: time.Second,
 	}, o)
 	for _, bad := range []Options{
 		{Prefix: "a{b"}, {Prefix: "}"}, {JobRetention: -1}, {StatsRetention: -time.Hour}, {ExpireLimit: -1}, {EventBuffer: -1},

@@ -165,11 +165,17 @@ func (s *Store) RecordFailure(ctx context.Context, f store.Failure) (store.Failu
 		}
 		switch code {
 		case codeOK:
+			if err := s.durable(ctx, "record failure"); err != nil {
+				return store.FailureResult{}, err
+			}
 			return store.FailureResult{Verdict: f.Verdict}, nil
 		case codeDuplicate:
 			r, err := decodeRecord(attemptField(0, f.RetryCount, f.Phase), replyString(res, 1))
 			if err != nil {
 				return store.FailureResult{}, s.wrap("record failure", err)
+			}
+			if err := s.durable(ctx, "record failure"); err != nil {
+				return store.FailureResult{}, err
 			}
 			return store.FailureResult{Verdict: r.attempt.Verdict, Duplicate: true}, nil
 		case codeMoved:
@@ -334,11 +340,17 @@ func (s *Store) RecordSuccess(ctx context.Context, sc store.Success) (store.Succ
 		}
 		switch code {
 		case codeOK:
+			if err := s.durable(ctx, "record success"); err != nil {
+				return store.SuccessResult{}, err
+			}
 			return store.SuccessResult{State: after}, nil
 		case codeDuplicate:
 			r, err := decodeRecord(attemptField(0, sc.RetryCount, sc.Phase), replyString(res, 1))
 			if err != nil {
 				return store.SuccessResult{}, s.wrap("record success", err)
+			}
+			if err := s.durable(ctx, "record success"); err != nil {
+				return store.SuccessResult{}, err
 			}
 			return store.SuccessResult{State: r.state, Duplicate: true}, nil
 		case codeMoved:
