@@ -47,7 +47,7 @@ func Run(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 	if err != nil {
 		return err
 	}
-	st, where, err := openStore(ctx, cfg)
+	st, where, err := openStore(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
@@ -162,17 +162,42 @@ func Run(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 }
 
 // openStore opens Redis when a URL is configured, else the embedded store.
-func openStore(ctx context.Context, cfg config.Config) (store.Store, string, error) {
+// For Redis it logs what a crash of Redis can lose with its persistence
+// settings, and every warning of the store's checks (eviction allowed,
+// settings that could not be read, too few replicas for strict durability).
+func openStore(ctx context.Context, cfg config.Config, log *slog.Logger) (store.Store, string, error) {
+	maxTerminal := cfg.MaxTerminalJobs
+	if maxTerminal == 0 {
+		maxTerminal = store.NoCountBound
+	}
 	if cfg.RedisURL != "" {
 		st, err := redisstore.Open(ctx, cfg.RedisURL, redisstore.Options{
-			Prefix:         cfg.RedisPrefix,
-			JobRetention:   cfg.JobRetention,
-			StatsRetention: cfg.StatsRetention,
+			Prefix:          cfg.RedisPrefix,
+			JobRetention:    cfg.JobRetention,
+			StatsRetention:  cfg.StatsRetention,
+			MaxTerminalJobs: maxTerminal,
+			AllowEviction:   cfg.RedisAllowEviction,
+			Durability:      redisstore.Durability(cfg.RedisDurability),
+			WaitReplicas:    cfg.RedisWaitReplicas,
+			WaitTimeout:     cfg.RedisWaitTimeout,
 		})
+		if errors.Is(err, redisstore.ErrEvictionPolicy) {
+			return nil, "", fmt.Errorf("%w (or start retryd with --redis-allow-eviction / RETRYD_REDIS_ALLOW_EVICTION=true to accept the risk)", err)
+		}
 		if err != nil {
 			return nil, "", fmt.Errorf("open Redis store (--redis-url / RETRYD_REDIS_URL): %w", err)
 		}
+		info := st.ServerInfo()
+		log.Info("redis", "version", info.Version, "maxmemory_policy", info.MaxmemoryPolicy,
+			"appendonly", info.AppendOnly, "appendfsync", info.AppendFsync, "replicas", info.ConnectedReplicas,
+			"durability", cfg.RedisDurability, "read_with", info.Source, "loss_on_redis_crash", info.LossWindow())
+		for _, w := range info.Warnings {
+			log.Warn("redis: " + w)
+		}
 		return st, "redis", nil
+	}
+	if cfg.RedisDurability != "async" {
+		log.Warn("--redis-durability applies to the Redis store only; the embedded store fsyncs every change before it is acknowledged")
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, "", fmt.Errorf("create data dir (--data-dir / RETRYD_DATA_DIR): %w", err)
@@ -182,8 +207,9 @@ func openStore(ctx context.Context, cfg config.Config) (store.Store, string, err
 		return nil, "", err
 	}
 	st, err := boltstore.Open(path, boltstore.Options{
-		JobRetention:   cfg.JobRetention,
-		StatsRetention: cfg.StatsRetention,
+		JobRetention:    cfg.JobRetention,
+		StatsRetention:  cfg.StatsRetention,
+		MaxTerminalJobs: maxTerminal,
 	})
 	if err != nil {
 		return nil, "", fmt.Errorf("open embedded store: %w", err)

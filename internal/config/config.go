@@ -73,6 +73,23 @@ type Config struct {
 	// StatsRetention is how long the hourly stats counters are kept.
 	// Defaults to store.DefaultStatsRetention.
 	StatsRetention time.Duration
+	// MaxTerminalJobs bounds the failed, completed and canceled jobs kept
+	// besides JobRetention: beyond it the least recently updated go first.
+	// 0 means no count bound. Defaults to store.DefaultMaxTerminalJobs.
+	MaxTerminalJobs int
+	// RedisAllowEviction lets retryd run on a Redis whose maxmemory-policy
+	// may evict keys (it refuses such a Redis otherwise). Defaults to false.
+	RedisAllowEviction bool
+	// RedisDurability is "async" (a change is acknowledged once Redis
+	// applied it) or "strict" (also once RedisWaitReplicas replicas have
+	// it, with WAIT). Defaults to "async".
+	RedisDurability string
+	// RedisWaitReplicas is how many replicas strict durability waits for.
+	// Defaults to 1.
+	RedisWaitReplicas int
+	// RedisWaitTimeout bounds each wait of strict durability; a report not
+	// confirmed in time fails with UNAVAILABLE. Defaults to 1s.
+	RedisWaitTimeout time.Duration
 	// LogLevel is debug, info, warn or error. Defaults to info.
 	LogLevel string
 	// LogFormat is text or json. Defaults to text.
@@ -102,6 +119,10 @@ func Default() Config {
 		MaxPayloadBytes:   256 << 10,
 		JobRetention:      store.DefaultJobRetention,
 		StatsRetention:    store.DefaultStatsRetention,
+		MaxTerminalJobs:   store.DefaultMaxTerminalJobs,
+		RedisDurability:   "async",
+		RedisWaitReplicas: 1,
+		RedisWaitTimeout:  time.Second,
 		LogLevel:          "info",
 		LogFormat:         "text",
 	}
@@ -150,6 +171,11 @@ func (c Config) LogValue() slog.Value {
 		slog.Int("max_payload_bytes", c.MaxPayloadBytes),
 		slog.Duration("job_retention", c.JobRetention),
 		slog.Duration("stats_retention", c.StatsRetention),
+		slog.Int("max_terminal_jobs", c.MaxTerminalJobs),
+		slog.Bool("redis_allow_eviction", c.RedisAllowEviction),
+		slog.String("redis_durability", c.RedisDurability),
+		slog.Int("redis_wait_replicas", c.RedisWaitReplicas),
+		slog.Duration("redis_wait_timeout", c.RedisWaitTimeout),
 		slog.String("log_level", c.LogLevel),
 		slog.String("log_format", c.LogFormat),
 		slog.Any("auth", c.Auth),
@@ -235,6 +261,35 @@ func checkNotNegative(d time.Duration) error {
 func checkStatsRetention(d time.Duration) error {
 	if d < store.StatsBucket {
 		return fmt.Errorf("must be at least %v (the counters are hourly)", store.StatsBucket)
+	}
+	return nil
+}
+
+// MaxMaxTerminalJobs bounds --max-terminal-jobs: a count that no store
+// could hold is a typo, not a setting.
+const MaxMaxTerminalJobs = 1_000_000_000
+
+func checkMaxTerminalJobs(n int) error {
+	if n < 0 || n > MaxMaxTerminalJobs {
+		return fmt.Errorf("must be 0 (no count bound) to %d", MaxMaxTerminalJobs)
+	}
+	return nil
+}
+
+// redisDurabilities are the values of --redis-durability.
+var redisDurabilities = []string{"async", "strict"}
+
+func checkWaitReplicas(n int) error {
+	if n < 1 || n > 100 {
+		return errors.New("must be 1 to 100")
+	}
+	return nil
+}
+
+func checkWaitTimeout(d time.Duration) error {
+	// WAIT counts whole milliseconds, and WAIT with 0 never returns.
+	if d < time.Millisecond || d > time.Minute {
+		return errors.New("must be 1ms to 1m")
 	}
 	return nil
 }

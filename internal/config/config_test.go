@@ -67,6 +67,11 @@ func TestDefaults(t *testing.T) {
 	require.Equal(t, 256*1024, c.MaxPayloadBytes)
 	require.Equal(t, 8*24*time.Hour, c.JobRetention)
 	require.Equal(t, 30*24*time.Hour, c.StatsRetention)
+	require.Equal(t, 1_000_000, c.MaxTerminalJobs)
+	require.False(t, c.RedisAllowEviction)
+	require.Equal(t, "async", c.RedisDurability)
+	require.Equal(t, 1, c.RedisWaitReplicas)
+	require.Equal(t, time.Second, c.RedisWaitTimeout)
 	require.Equal(t, "info", c.LogLevel)
 	require.Equal(t, "text", c.LogFormat)
 	require.Equal(t, scheduler.DefaultPolicyConfig(), c.Policy)
@@ -91,6 +96,11 @@ func TestExampleFile(t *testing.T) {
 	want.DataDir = "/var/lib/retryd"
 	want.JobRetention = 14 * 24 * time.Hour
 	want.StatsRetention = 90 * 24 * time.Hour
+	want.MaxTerminalJobs = 250_000
+	want.RedisAllowEviction = true
+	want.RedisDurability = "strict"
+	want.RedisWaitReplicas = 2
+	want.RedisWaitTimeout = 500 * time.Millisecond
 	want.Policy.Jitter = 0.2
 	want.Policy.RetryableTypes = []string{"DeadlockDetected", "SerializationFailure"}
 	want.Policy.NonRetryableTypes = []string{"QuotaExceeded"}
@@ -187,6 +197,11 @@ var everySetting = []sourceCase{
 	{"data-dir", "/tmp/x", func(c *Config) { c.DataDir = "/tmp/x" }},
 	{"job-retention", "1h", func(c *Config) { c.JobRetention = time.Hour }},
 	{"stats-retention", "3600", func(c *Config) { c.StatsRetention = time.Hour }},
+	{"max-terminal-jobs", "0", func(c *Config) { c.MaxTerminalJobs = 0 }},
+	{"redis-allow-eviction", "true", func(c *Config) { c.RedisAllowEviction = true }},
+	{"redis-durability", "Strict", func(c *Config) { c.RedisDurability = "strict" }},
+	{"redis-wait-replicas", "3", func(c *Config) { c.RedisWaitReplicas = 3 }},
+	{"redis-wait-timeout", "250ms", func(c *Config) { c.RedisWaitTimeout = 250 * time.Millisecond }},
 	{"max-retries", "7", func(c *Config) { c.Policy.MaxRetries = 7 }},
 	{"retry-delays", "1,250ms,2m", func(c *Config) {
 		c.Policy.Delays = []time.Duration{time.Second, 250 * time.Millisecond, 2 * time.Minute}
@@ -530,6 +545,14 @@ func TestErrors(t *testing.T) {
 		{"a star inside a name", []string{"--tls-admin-names", "sp*ffe"}, nil, "", `--tls-admin-names: invalid value "sp*ffe": "sp*ffe": '*' may only end a name (a prefix match)`},
 		{"a switch with a value", []string{"--allow-unauthenticated", "yes"}, nil, "", `unexpected argument "yes": retryd takes flags only (see retryd --help)`},
 		{"a switch in the environment", nil, []string{"RETRYD_ALLOW_UNAUTHENTICATED=yes"}, "", `RETRYD_ALLOW_UNAUTHENTICATED: invalid value "yes": not true or false`},
+
+		// Retention and Redis durability.
+		{"a negative count bound", []string{"--max-terminal-jobs", "-1"}, nil, "", `--max-terminal-jobs: invalid value "-1": must be 0 (no count bound) to 1000000000`},
+		{"a count bound that is not a number", nil, []string{"RETRYD_MAX_TERMINAL_JOBS=1e6"}, "", `RETRYD_MAX_TERMINAL_JOBS: invalid value "1e6": not a whole number`},
+		{"an unknown durability", nil, nil, "redis_durability: paranoid\n", `config file FILE: redis_durability: invalid value "paranoid": must be one of async, strict`},
+		{"no replicas to wait for", []string{"--redis-wait-replicas", "0"}, nil, "", `--redis-wait-replicas: invalid value "0": must be 1 to 100`},
+		{"a wait that never ends", nil, []string{"RETRYD_REDIS_WAIT_TIMEOUT=0"}, "", `RETRYD_REDIS_WAIT_TIMEOUT: invalid value "0": must be 1ms to 1m`},
+		{"eviction allowed with a value", nil, []string{"RETRYD_REDIS_ALLOW_EVICTION=sure"}, "", `RETRYD_REDIS_ALLOW_EVICTION: invalid value "sure": not true or false`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -28,11 +28,16 @@ type fileConfig struct {
 	MaxPayloadBytes   *string `yaml:"max_payload_bytes"`
 	ShutdownGrace     *string `yaml:"shutdown_grace"`
 
-	RedisURL       *string `yaml:"redis_url"`
-	RedisPrefix    *string `yaml:"redis_prefix"`
-	DataDir        *string `yaml:"data_dir"`
-	JobRetention   *string `yaml:"job_retention"`
-	StatsRetention *string `yaml:"stats_retention"`
+	RedisURL           *string `yaml:"redis_url"`
+	RedisPrefix        *string `yaml:"redis_prefix"`
+	DataDir            *string `yaml:"data_dir"`
+	JobRetention       *string `yaml:"job_retention"`
+	StatsRetention     *string `yaml:"stats_retention"`
+	MaxTerminalJobs    *string `yaml:"max_terminal_jobs"`
+	RedisAllowEviction *string `yaml:"redis_allow_eviction"`
+	RedisDurability    *string `yaml:"redis_durability"`
+	RedisWaitReplicas  *string `yaml:"redis_wait_replicas"`
+	RedisWaitTimeout   *string `yaml:"redis_wait_timeout"`
 
 	MaxRetries         *string               `yaml:"max_retries"`
 	RetryDelays        *[]string             `yaml:"retry_delays"`

@@ -135,6 +135,42 @@ var settings = []setting{
 	durationSetting("Store", "stats-retention", "RETRYD_STATS_RETENTION", "stats_retention",
 		"How long the hourly retry statistics are kept.",
 		func(c *Config) *time.Duration { return &c.StatsRetention }, checkStatsRetention),
+	intSetting("Store", "max-terminal-jobs", "RETRYD_MAX_TERMINAL_JOBS", "max_terminal_jobs",
+		"Most failed, completed and canceled jobs kept, whatever their age: beyond it the least recently "+
+			"updated are removed (counted in retryd_jobs_expired_total{reason=\"count\"}). 0: no count bound.",
+		func(c *Config) *int { return &c.MaxTerminalJobs }, checkMaxTerminalJobs),
+	{
+		group: "Store", flag: "redis-allow-eviction", env: "RETRYD_REDIS_ALLOW_EVICTION", key: "redis_allow_eviction",
+		boolean: true,
+		help: "Run on a Redis whose maxmemory-policy is not noeviction. Without it retryd refuses to start " +
+			"there: an evicted key is a silently lost retry. A switch: =false turns it off again.",
+		show: func(c *Config) string { return strconv.FormatBool(c.RedisAllowEviction) },
+		set: func(c *Config, _ string, v []string) error {
+			b, err := strconv.ParseBool(strings.TrimSpace(v[0]))
+			if err != nil {
+				return errors.New("not true or false")
+			}
+			c.RedisAllowEviction = b
+			return nil
+		},
+	},
+	{
+		group: "Store", flag: "redis-durability", env: "RETRYD_REDIS_DURABILITY", key: "redis_durability", arg: "MODE",
+		help: "async: a report is acknowledged once Redis applied it (its persistence decides what a crash loses). " +
+			"strict: also only once --redis-wait-replicas replicas have it (WAIT); else UNAVAILABLE. Not on Redis Cluster.",
+		show: func(c *Config) string { return c.RedisDurability },
+		set: func(c *Config, _ string, v []string) error {
+			c.RedisDurability = strings.ToLower(strings.TrimSpace(v[0]))
+			return checkOneOf(c.RedisDurability, redisDurabilities...)
+		},
+		check: func(c *Config) error { return checkOneOf(c.RedisDurability, redisDurabilities...) },
+	},
+	intSetting("Store", "redis-wait-replicas", "RETRYD_REDIS_WAIT_REPLICAS", "redis_wait_replicas",
+		"Replicas that must confirm each report under --redis-durability strict.",
+		func(c *Config) *int { return &c.RedisWaitReplicas }, checkWaitReplicas),
+	durationSetting("Store", "redis-wait-timeout", "RETRYD_REDIS_WAIT_TIMEOUT", "redis_wait_timeout",
+		"How long --redis-durability strict waits for the replicas before the report fails with UNAVAILABLE.",
+		func(c *Config) *time.Duration { return &c.RedisWaitTimeout }, checkWaitTimeout),
 
 	// Retry policy.
 	{
@@ -311,6 +347,22 @@ func stringSetting(group, flag, env, key, arg, help string, field func(*Config) 
 		set: func(c *Config, _ string, v []string) error {
 			*field(c) = strings.TrimSpace(v[0])
 			return check(*field(c))
+		},
+		check: func(c *Config) error { return check(*field(c)) },
+	}
+}
+
+func intSetting(group, flag, env, key, help string, field func(*Config) *int, check func(int) error) setting {
+	return setting{
+		group: group, flag: flag, env: env, key: key, arg: "N", help: help,
+		show: func(c *Config) string { return strconv.Itoa(*field(c)) },
+		set: func(c *Config, _ string, v []string) error {
+			n, err := strconv.Atoi(strings.TrimSpace(v[0]))
+			if err != nil {
+				return errors.New("not a whole number")
+			}
+			*field(c) = n
+			return check(n)
 		},
 		check: func(c *Config) error { return check(*field(c)) },
 	}
