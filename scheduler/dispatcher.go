@@ -220,7 +220,7 @@ func (d *Dispatcher) loop(ctx context.Context, events <-chan store.Event) {
 		}
 	}()
 	for {
-		d.dispatchDue(ctx)
+		claimFailed := d.dispatchDue(ctx)
 		wait, err := d.nextWake(ctx)
 		if ctx.Err() != nil {
 			return
@@ -228,6 +228,12 @@ func (d *Dispatcher) loop(ctx context.Context, events <-chan store.Event) {
 		if err != nil {
 			d.cfg.Logger.Warn("dispatcher: reading the next due time failed", "err", err)
 			wait = d.cfg.RetryBackoff
+		}
+		// A store that answers reads but refuses writes (a replica after a
+		// failover: READONLY) says the retry is due now while every claim
+		// fails: without the pause the loop would spin.
+		if claimFailed {
+			wait = max(wait, d.cfg.RetryBackoff)
 		}
 		if timer == nil {
 			timer = d.cfg.Clock.NewTimer(wait)
@@ -297,8 +303,8 @@ func (d *Dispatcher) handleEvent(ev store.Event) bool {
 
 // dispatchDue claims due tasks for every subscription with room, starting
 // the round at a different subscription each time so that streams of the
-// same phases share the work.
-func (d *Dispatcher) dispatchDue(ctx context.Context) {
+// same phases share the work. It reports whether a claim failed.
+func (d *Dispatcher) dispatchDue(ctx context.Context) (claimFailed bool) {
 	d.mu.Lock()
 	n := len(d.subs)
 	order := make([]*Subscription, 0, n)
@@ -312,7 +318,7 @@ func (d *Dispatcher) dispatchDue(ctx context.Context) {
 
 	for _, s := range order {
 		if ctx.Err() != nil {
-			return
+			return false
 		}
 		d.mu.Lock()
 		room := s.free()
@@ -332,12 +338,16 @@ func (d *Dispatcher) dispatchDue(ctx context.Context) {
 			if ctx.Err() == nil {
 				d.cfg.Logger.Warn("dispatcher: claim failed", "phases", s.phases, "err", err)
 			}
-			return
+			return true
+		}
+		if len(tasks) > 0 {
+			Fault(FaultAfterClaim)
 		}
 		for _, t := range tasks {
 			d.deliver(s, t, now)
 		}
 	}
+	return false
 }
 
 // deliver hands a claimed task to its subscription, or gives it back when

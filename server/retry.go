@@ -238,6 +238,7 @@ func (s *retryService) send(ctx context.Context, stream retrydv1.RetryService_Di
 	s.metrics.Sent(t.Phase, t.DueAt, s.clock.Now())
 	s.log.DebugContext(ctx, "task sent", slog.String("job_id", t.JobID), slog.String("phase", t.Phase),
 		slog.Uint64("retry_count", uint64(t.RetryCount)), slog.Duration("lag", s.clock.Since(t.DueAt)))
+	scheduler.Fault(scheduler.FaultAfterSend) // a no-op but in the fault tests' build
 	return nil
 }
 
