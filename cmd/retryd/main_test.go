@@ -106,7 +106,7 @@ func start(t *testing.T, env []string, args ...string) *proc {
 	}
 }
 
-// readmeCommands returns every grpcurl command of README.md's shell blocks,
+// readmeCommands returns every grpcurl command of README.md's ```sh blocks,
 // in order. They are run exactly as written, so that the README cannot rot.
 func readmeCommands(t *testing.T) []string {
 	t.Helper()
@@ -119,7 +119,7 @@ func readmeCommands(t *testing.T) []string {
 	for sc.Scan() {
 		line := sc.Text()
 		switch {
-		case strings.HasPrefix(line, "```sh"):
+		case line == "```sh": // not "```sh auth": auth_test.go runs those
 			inSh = true
 		case strings.HasPrefix(line, "```"):
 			inSh = false
