@@ -14,6 +14,9 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	retrydv1 "github.com/retryd/retryd/gen/retryd/v1"
 )
@@ -221,9 +224,38 @@ func TestFlags(t *testing.T) {
 		{"--spawn", "redis", "--point", "fast"},
 		{"--spawn", "redis", "--delay", "-1s"},
 		{"--target", "x:1", "--in-process"},
-		{"--spawn", "redis", "--cpuprofile", "x"},
 	} {
 		_, err := parseFlags(bad, &bytes.Buffer{})
 		require.Error(t, err, "%q", bad)
 	}
+}
+
+// TestParseTask: the stream's raw messages are read as the generated code
+// reads them, payload and labels skipped.
+func TestParseTask(t *testing.T) {
+	t.Parallel()
+	payload, err := structpb.NewStruct(map[string]any{"document_id": "doc-1", "n": 3.0, "nested": map[string]any{"a": true}})
+	require.NoError(t, err)
+	due := time.Date(2026, 11, 28, 9, 0, 1, 123456000, time.UTC)
+	msg := &retrydv1.DispatchResponse{Kind: &retrydv1.DispatchResponse_Task{Task: &retrydv1.Task{
+		JobId: "job-1", Phase: "extraction", RetryCount: 3, Payload: payload,
+		Labels: map[string]string{"source_name": "x.pdf"}, LeaseId: "lease-9",
+		LeaseExpiresAt: timestamppb.New(due.Add(time.Minute)), DueAt: timestamppb.New(due), Cycle: 2,
+	}}}
+	b, err := proto.Marshal(msg)
+	require.NoError(t, err)
+	got, ok, err := parseTask(b)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, wireTask{jobID: "job-1", retryCount: 3, leaseID: "lease-9", dueNanos: due.UnixNano()}, got)
+
+	hb, err := proto.Marshal(&retrydv1.DispatchResponse{Kind: &retrydv1.DispatchResponse_Heartbeat{
+		Heartbeat: &retrydv1.Heartbeat{SentAt: timestamppb.New(due)}}})
+	require.NoError(t, err)
+	_, ok, err = parseTask(hb)
+	require.NoError(t, err)
+	require.False(t, ok, "a heartbeat is not a task")
+
+	_, _, err = parseTask(b[:len(b)-3])
+	require.Error(t, err, "a truncated message")
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"runtime"
 	"runtime/pprof"
 	"slices"
 	"strings"
@@ -58,6 +59,8 @@ type result struct {
 	checks             verdict
 	cleanupErr         error
 	unreadableStoreErr error
+	cpu                cpuSample
+	load0, load1       string
 }
 
 // runOnce sets up retryd, runs the workload once, reads the store's costs
@@ -114,6 +117,8 @@ func measure(ctx context.Context, o options, env *environment, stderr io.Writer)
 			return nil, err
 		}
 	}
+	res.load0 = loadAverage()
+	cpu0 := sampleCPU(ctx, env.retrydPID, env.redis)
 	start := time.Now()
 	stopProfiles, err := startProfiles(o)
 	if err != nil {
@@ -126,6 +131,8 @@ func measure(ctx context.Context, o options, env *environment, stderr io.Writer)
 	if err != nil {
 		return nil, err
 	}
+	res.cpu = sampleCPU(ctx, env.retrydPID, env.redis).sub(cpu0)
+	res.load1 = loadAverage()
 
 	res.Attempts = r.acked.Load()
 	res.WallS = round(wall.Seconds(), 3)
@@ -242,6 +249,7 @@ func (r *result) printSummary(w io.Writer) {
 		}
 		fmt.Fprintln(w)
 	}
+	r.printCPU(w)
 	if r.redisCalls != nil {
 		total := sumCalls(r.redisCalls)
 		fmt.Fprintf(w, "  redis          %.2f commands per attempt (%d commands, those inside scripts included)\n",
@@ -290,6 +298,29 @@ func (r *result) printSummary(w io.Writer) {
 	if r.cleanupErr != nil {
 		fmt.Fprintf(w, "  cleanup        FAILED to cancel the run's jobs (prefix %s): %v\n", r.runID, r.cleanupErr)
 	}
+}
+
+// printCPU says how much CPU each process used, in all and per attempt,
+// and how loaded the machine was: on a shared machine the wall-clock
+// figures move with other load, the CPU per attempt much less.
+func (r *result) printCPU(w io.Writer) {
+	var parts []string
+	add := func(name string, d time.Duration) {
+		if d >= 0 {
+			parts = append(parts, fmt.Sprintf("%s %.2f s (%.0f µs/attempt)", name, d.Seconds(), float64(d.Microseconds())/float64(r.Attempts)))
+		}
+	}
+	if r.cpu.retryd >= 0 {
+		add("retryd", r.cpu.retryd)
+		add("retrybench", r.cpu.self)
+	} else if r.o.inProcess {
+		add("retryd+retrybench (one process)", r.cpu.self)
+	} else {
+		add("retrybench", r.cpu.self)
+	}
+	add("redis-server", r.cpu.redis)
+	fmt.Fprintf(w, "  cpu            %s over %.3f s of wall time on %d cores\n", strings.Join(parts, ", "), r.WallS, runtime.NumCPU())
+	fmt.Fprintf(w, "  machine        load average %s before the run, %s after\n", r.load0, r.load1)
 }
 
 func slowArgs(e redis.SlowLog) string {

@@ -48,7 +48,10 @@ type environment struct {
 	redis *redis.Client
 	// dataFile is the embedded store's file; "" when unknown.
 	dataFile string
-	closers  []func()
+	// retrydPID is the spawned retryd process, for its CPU time; 0 when
+	// retryd is not a child process.
+	retrydPID int
+	closers   []func()
 }
 
 func (e *environment) close() {
@@ -130,7 +133,7 @@ func setupEnvironment(ctx context.Context, o options, retrydBin string) (_ *envi
 		return nil, err
 	}
 	e.closers = append(e.closers, rd.stop)
-	e.addr = rd.addr
+	e.addr, e.retrydPID = rd.addr, rd.pid
 	return e, waitServing(ctx, e.addr, rd.exited)
 }
 
@@ -300,6 +303,7 @@ func freePort() (int, error) {
 // retrydRunner is a retryd this run started, as a process or in-process.
 type retrydRunner struct {
 	addr   string
+	pid    int // 0 in-process
 	exited chan struct{}
 	stop   func()
 }
@@ -334,7 +338,7 @@ func startRetryd(ctx context.Context, bin string, args []string, logPath string)
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
-	r := &retrydRunner{exited: make(chan struct{})}
+	r := &retrydRunner{exited: make(chan struct{}), pid: cmd.Process.Pid}
 	addrs, logDone := scanLog(stderr, logPath)
 	go func() { <-logDone; _ = cmd.Wait(); close(r.exited) }()
 	r.stop = func() {

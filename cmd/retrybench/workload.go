@@ -175,7 +175,7 @@ func (r *runner) workload(parent context.Context, stderr io.Writer) (time.Durati
 			if i < r.o.c%r.o.streams {
 				inFlight++
 			}
-			stream, err := retrydv1.NewRetryServiceClient(r.conns[i%len(r.conns)]).Dispatch(streamCtx, &retrydv1.DispatchRequest{
+			stream, err := openDispatch(streamCtx, r.conns[i%len(r.conns)], &retrydv1.DispatchRequest{
 				Phases:      []string{r.o.phase},
 				WorkerId:    fmt.Sprintf("retrybench-%s-%d", r.runID, i),
 				MaxInFlight: uint32(inFlight),
@@ -272,7 +272,7 @@ func (r *runner) unfinished() string {
 // client's record, measures its lag and hands it to a worker. It never
 // blocks on the workers: the task channel holds C tasks, as many as the
 // streams may have in flight.
-func (r *runner) receive(stream retrydv1.RetryService_DispatchClient) {
+func (r *runner) receive(stream grpc.ClientStream) {
 	d := r.o.delay.Nanoseconds()
 	lags := make([]int64, 0, r.o.n*r.o.k/r.o.streams+16)
 	defer func() {
@@ -280,7 +280,7 @@ func (r *runner) receive(stream retrydv1.RetryService_DispatchClient) {
 		r.lags = append(r.lags, lags...)
 		r.lagMu.Unlock()
 	}()
-	msg := new(retrydv1.DispatchResponse)
+	msg := new(rawMessage)
 	for {
 		if err := stream.RecvMsg(msg); err != nil {
 			if r.ctx.Err() == nil && !errors.Is(err, io.EOF) {
@@ -291,23 +291,26 @@ func (r *runner) receive(stream retrydv1.RetryService_DispatchClient) {
 			return
 		}
 		now := time.Now().UnixNano()
-		t := msg.GetTask()
-		if t == nil {
+		t, ok, err := parseTask(msg.b)
+		if err != nil {
+			r.cancel(fmt.Errorf("Dispatch stream: a message does not decode: %w", err))
+			return
+		}
+		if !ok {
 			continue // a heartbeat
 		}
-		i, ok := r.jobIndex(t.GetJobId())
+		i, ok := r.jobIndex(t.jobID)
 		if !ok {
 			r.foreign.Add(1)
 			continue
 		}
 		j := &r.jobs[i]
-		rc := t.GetRetryCount()
+		rc := t.retryCount
 		if rc == 0 || !j.expect.CompareAndSwap(rc, 0) {
 			r.duplicates.Add(1)
 			continue
 		}
-		dueTS := t.GetDueAt()
-		due := dueTS.GetSeconds()*1e9 + int64(dueTS.GetNanos())
+		due := t.dueNanos
 		sent := j.sent.Load()
 		early := false
 		if now < due {
@@ -327,7 +330,7 @@ func (r *runner) receive(stream retrydv1.RetryService_DispatchClient) {
 		}
 		lags = append(lags, now-due)
 		select {
-		case r.tasks <- taskRef{job: i, rc: rc, id: t.GetJobId(), lease: t.GetLeaseId()}:
+		case r.tasks <- taskRef{job: i, rc: rc, id: t.jobID, lease: t.leaseID}:
 		case <-r.ctx.Done():
 			return
 		}
@@ -459,7 +462,7 @@ func (r *runner) fatal(err error) {
 	}
 }
 
-// profiles starts the CPU profile of an --in-process run; stop writes the
+// startProfiles starts the CPU profile of the run (--cpuprofile); stop writes the
 // allocation profile.
 func startProfiles(o options) (stop func() error, err error) {
 	var cpu *os.File
