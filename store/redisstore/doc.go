@@ -70,7 +70,7 @@
 //	{P}:stats:<hour>          hash     counters of the attempts finished in that hour (Unix
 //	                                   hours), one field per kind (below)
 //	{P}:hours                 zset     the hours that have a stats hash: member and score the hour
-//	{P}:sync                  string   a counter strict durability increments before WAIT (server.go)
+//	{P}:sync                  hash     field n: a counter strict durability increments before WAIT (server.go)
 //	{P}:events                channel  Pub/Sub channel (not a key) of event messages (below)
 //
 // Fields of the job hash {P}:j:<job> (short names: a job hash is kept small

@@ -42,7 +42,7 @@ func (k keys) statsHour(hour int64) string {
 // hours is the sorted set of the hours that have a stats hash.
 func (k keys) hours() string { return k.tag + ":hours" }
 
-// sync is the counter strict durability increments before WAIT (server.go).
+// sync is the hash whose counter strict durability increments before WAIT (server.go).
 func (k keys) sync() string { return k.tag + ":sync" }
 
 // events is the Pub/Sub channel of schedule and lease events.

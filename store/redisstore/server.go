@@ -57,6 +57,8 @@ type ServerInfo struct {
 	// Save is the RDB save points ("" when none, or unknown with SaveKnown false).
 	Save      string
 	SaveKnown bool
+	// Role is "master" or "slave" ("" when unknown).
+	Role string
 	// ConnectedReplicas is connected_slaves (-1 when unknown).
 	ConnectedReplicas int
 	// Source says where the settings were read: "CONFIG GET" or "INFO"
@@ -139,6 +141,10 @@ func inspect(ctx context.Context, client redis.UniversalClient, opts Options) (S
 		info.Warnings = append(info.Warnings, n.Warnings...)
 	}
 
+	if info.Role == "slave" {
+		return info, errors.New("redisstore: the Redis server is a read-only replica (INFO role:slave): retryd must write to the primary; " +
+			"point the URL at the primary, or use redis+sentinel:// to follow failovers")
+	}
 	switch info.MaxmemoryPolicy {
 	case "noeviction":
 	case "":
@@ -175,7 +181,7 @@ func inspectNode(ctx context.Context, c *redis.Client) (ServerInfo, error) {
 		return info, fmt.Errorf("redisstore: inspect Redis: %w: %w", store.ErrUnavailable, infoErr)
 	}
 	kv := parseInfo(fields)
-	info.Version = kv["redis_version"]
+	info.Version, info.Role = kv["redis_version"], kv["role"]
 	if v, ok := kv["connected_slaves"]; ok {
 		info.ConnectedReplicas, _ = strconv.Atoi(v)
 	}
@@ -264,7 +270,9 @@ func (s *Store) durable(ctx context.Context, op string) error {
 	}
 	conn := c.Conn()
 	defer conn.Close()
-	if err := conn.Incr(ctx, s.k.sync()).Err(); err != nil {
+	// HINCRBY rather than INCR: the scripts use it, so an ACL user limited
+	// to the store's commands may run it.
+	if err := conn.HIncrBy(ctx, s.k.sync(), "n", 1).Err(); err != nil {
 		return s.wrap(op+": wait for replicas", err)
 	}
 	n, err := conn.Wait(ctx, s.opts.WaitReplicas, s.opts.WaitTimeout).Result()

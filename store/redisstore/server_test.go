@@ -215,6 +215,16 @@ func waitReplicaLink(t *testing.T, primary *testredis.Server, n int) {
 	}, 10*time.Second, 5*time.Millisecond, "the primary never had %d replicas online", n)
 }
 
+// TestReplicaRefused: Open refuses a replica (every write would fail with
+// READONLY) and says what to point at instead.
+func TestReplicaRefused(t *testing.T) {
+	t.Parallel()
+	_, replica := replicated(t)
+	_, err := Open(t.Context(), replica.URL(), Options{})
+	require.ErrorContains(t, err, "read-only replica")
+	require.ErrorContains(t, err, "redis+sentinel://")
+}
+
 // TestStrictDurability: with DurabilityStrict a report is acknowledged only
 // once the replica holds it; with the replica gone the report fails with
 // ErrUnavailable (applied on the primary, not acknowledged), and its repeat
@@ -222,9 +232,14 @@ func waitReplicaLink(t *testing.T, primary *testredis.Server, n int) {
 func TestStrictDurability(t *testing.T) {
 	t.Parallel()
 	primary, replica := replicated(t)
-	s, err := Open(t.Context(), primary.URL(), Options{Prefix: "t", Durability: DurabilityStrict, WaitTimeout: 200 * time.Millisecond})
+	// A generous wait while the replica is up (the machine may be loaded),
+	// a short one for the reports that must fail.
+	s, err := Open(t.Context(), primary.URL(), Options{Prefix: "t", Durability: DurabilityStrict, WaitTimeout: 10 * time.Second})
 	require.NoError(t, err)
 	defer s.Close()
+	short, err := Open(t.Context(), primary.URL(), Options{Prefix: "t", Durability: DurabilityStrict, WaitTimeout: 200 * time.Millisecond})
+	require.NoError(t, err)
+	defer short.Close()
 	require.Equal(t, 1, s.ServerInfo().ConnectedReplicas)
 	require.Empty(t, s.ServerInfo().Warnings)
 	ctx := t.Context()
@@ -249,14 +264,14 @@ func TestStrictDurability(t *testing.T) {
 	lost := firstFailure()
 	lost.JobID = "during-outage"
 	began := time.Now()
-	_, err = s.RecordFailure(ctx, lost)
+	_, err = short.RecordFailure(ctx, lost)
 	require.ErrorIs(t, err, store.ErrUnavailable)
 	require.ErrorContains(t, err, "0 of 1 replicas confirmed the change within 200ms")
 	require.GreaterOrEqual(t, time.Since(began), 200*time.Millisecond, "the report waited for the replica")
 	require.Equal(t, int64(1), primary.Client().Exists(ctx, "{t}:j:during-outage").Val(), "applied on the primary")
-	_, err = s.RecordSuccess(ctx, store.Success{JobID: "success-during-outage", Phase: "extraction", Now: t0})
+	_, err = short.RecordSuccess(ctx, store.Success{JobID: "success-during-outage", Phase: "extraction", Now: t0})
 	require.ErrorIs(t, err, store.ErrUnavailable)
-	_, err = s.CancelJob(ctx, "job-3", "operator", t0)
+	_, err = short.CancelJob(ctx, "job-3", "operator", t0)
 	require.ErrorIs(t, err, store.ErrUnavailable)
 
 	replica.Restart()
