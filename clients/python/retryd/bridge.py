@@ -52,6 +52,7 @@ from typing import Optional, Sequence
 
 from . import __version__
 from .client import DEFAULT_TARGET, RetryClient, Task
+from .errors import RPCError
 from .stream import DispatchStream
 
 __all__ = ["RQBridge", "rq_job_id", "sanitize_job_id", "parse_duration", "main"]
@@ -263,6 +264,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="RQ's Redis (redis://, rediss://, unix://); default $RQ_REDIS_URL, $REDIS_URL or redis://localhost:6379/0",
     )
     p.add_argument("--target", default=os.environ.get("RETRYD_TARGET", DEFAULT_TARGET), help="retryd's gRPC target (default $RETRYD_TARGET or %(default)s)")
+    p.add_argument(
+        "--token-file",
+        default=None,
+        help="file holding retryd's bearer token (a worker token), re-read when it changes; "
+        "default $RETRYD_TOKEN, else $RETRYD_TOKEN_FILE (no command-line token: ps shows it to everyone)",
+    )
     p.add_argument("--max-in-flight", type=int, default=32, help="dispatched attempts held at once, queued or running (default %(default)s)")
     p.add_argument("--lease-duration", type=parse_duration, default=600.0, help="lease per attempt; must cover the RQ queue wait (default 10m)")
     p.add_argument("--worker-id", default=None, help="name shown in GetJob (default bridge@host:pid)")
@@ -292,7 +299,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         enqueue_kwargs["result_ttl"] = args.result_ttl
     if args.failure_ttl is not None:
         enqueue_kwargs["failure_ttl"] = args.failure_ttl
-    client = RetryClient(args.target, timeout=args.timeout)
+    client = RetryClient(args.target, timeout=args.timeout, token_file=args.token_file)
     bridge = RQBridge(
         client,
         phase=args.phase,
@@ -312,6 +319,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     try:
         bridge.run()
+    except RPCError as err:
+        # UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT: retrying
+        # cannot help; say why and exit, so that the supervisor shows it.
+        log.error("retryd refused the bridge's Dispatch stream: %s", err)
+        return 1
     finally:
         client.close()
     log.info("bridge stopped: %d enqueued, %d re-leased, %d skipped", bridge.enqueued, bridge.relet, bridge.skipped)

@@ -12,6 +12,12 @@ Design points, each for a reason:
   ``UNAVAILABLE`` through the gRPC service config (``retryPolicy``), which is
   safe because retryd's reports are idempotent per attempt.
 * Errors surface as :class:`retryd.errors.RPCError` with the status code.
+* A bearer token (``token=``, or ``RETRYD_TOKEN`` / ``RETRYD_TOKEN_FILE``)
+  travels as ``authorization: Bearer <token>`` metadata on every call —
+  call metadata rather than gRPC call credentials, which grpcio refuses on
+  a plaintext channel (a sidecar on localhost). A token file is re-read
+  when it changes, so a rotated Kubernetes Secret is picked up without a
+  restart. The token is never part of a repr, a log line or an error.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import json
 import logging
 import os
 import threading
+import time
 import weakref
 from typing import Any, Iterator, Mapping, Optional, Sequence, Tuple
 
@@ -39,6 +46,59 @@ log = logging.getLogger("retryd.client")
 
 #: Where retryd listens when run with no flags.
 DEFAULT_TARGET = "127.0.0.1:50051"
+
+#: How often a token file is checked for a new token (seconds): retryd
+#: re-reads its own token files as often.
+TOKEN_FILE_CHECK_INTERVAL = 5.0
+
+
+def _check_token(token: str, where: str) -> str:
+    """The token, stripped; ValueError (never quoting it) when it cannot be
+    sent as a header value."""
+    token = token.strip()
+    if not token:
+        raise ValueError(f"{where}: the token is empty")
+    if any(not (0x21 <= ord(c) <= 0x7E) for c in token):
+        raise ValueError(f"{where}: a token is printable ASCII without spaces")
+    return token
+
+
+class _TokenFile:
+    """A token read from a file and re-read at most every
+    ``TOKEN_FILE_CHECK_INTERVAL`` seconds (a small file: reading it is
+    cheaper and surer than comparing timestamps). A file that cannot be read
+    or holds no token keeps the previous token, so that a half-done rotation
+    does not break calls that still work."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._lock = threading.Lock()
+        self._token = self._read()
+        self._next_check = time.monotonic() + TOKEN_FILE_CHECK_INTERVAL
+
+    def _read(self) -> str:
+        with open(self.path, encoding="ascii", errors="replace") as f:
+            for line in f:
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    return _check_token(line, f"token file {self.path}")
+        raise ValueError(f"token file {self.path} holds no token")
+
+    def get(self) -> str:
+        now = time.monotonic()
+        if now >= self._next_check and self._lock.acquire(blocking=False):
+            try:
+                self._next_check = now + TOKEN_FILE_CHECK_INTERVAL
+                token = self._read()
+                if token != self._token:
+                    self._token = token
+                    log.info("read a new retryd token from %s", self.path)
+            except (OSError, ValueError) as err:
+                log.error("cannot re-read the retryd token (%s); the previous one stays in use", err)
+            finally:
+                self._lock.release()
+        return self._token
+
 
 _UNARY_METHODS = (
     ("retryd.v1.RetryService", "ReportFailure"),
@@ -190,7 +250,13 @@ class RetryClient:
     in seconds, the channel's retries included. ``credentials`` selects TLS
     (default: plaintext, for a sidecar on localhost). ``max_attempts`` is the
     number of tries of a call that fails with UNAVAILABLE (2–5).
-    ``metadata`` is sent with every call (an authorisation header, say).
+    ``metadata`` is sent with every call. ``token`` is a bearer token sent
+    as ``authorization: Bearer <token>`` with every call, or ``token_file``
+    a file whose first line that is not blank or a ``#`` comment holds it
+    (re-read every few seconds, so a rotated Secret is picked up); by
+    default ``RETRYD_TOKEN``, else ``RETRYD_TOKEN_FILE``; ``token=""`` sends none.
+    A worker token suffices for everything here but :meth:`get_job`, which
+    is an AdminService call and needs an admin token.
 
     A client may be shared by threads. It is safe to create before a fork:
     each process opens its own channel on first use.
@@ -207,6 +273,8 @@ class RetryClient:
         max_backoff: float = 2.0,
         options: Sequence[Tuple[str, Any]] = (),
         metadata: Sequence[Tuple[str, str]] = (),
+        token: Optional[str] = None,
+        token_file: Optional[str] = None,
     ):
         if timeout <= 0:
             raise ValueError("timeout must be positive")
@@ -219,6 +287,21 @@ class RetryClient:
             *options,
         ]
         self._metadata = tuple(metadata)
+        self._token: Optional[str] = None
+        self._token_file: Optional[_TokenFile] = None
+        if token is not None and token_file is not None:
+            raise ValueError("give token= or token_file=, not both")
+        if token_file is not None:
+            self._token_file = _TokenFile(token_file)
+        elif token is None:
+            if os.environ.get("RETRYD_TOKEN"):
+                self._token = _check_token(os.environ["RETRYD_TOKEN"], "RETRYD_TOKEN")
+            elif os.environ.get("RETRYD_TOKEN_FILE"):
+                self._token_file = _TokenFile(os.environ["RETRYD_TOKEN_FILE"])
+        elif token:
+            self._token = _check_token(token, "token")
+        if (self._token or self._token_file) and any(k.lower() == "authorization" for k, _ in self._metadata):
+            raise ValueError("give the token either as token= (or RETRYD_TOKEN) or as authorization metadata, not both")
         self._lock = threading.Lock()
         self._pid: Optional[int] = None
         self._channel: Optional[grpc.Channel] = None
@@ -236,6 +319,8 @@ class RetryClient:
         # Runs in the child right after fork, single-threaded: the lock may
         # have been held by a parent thread at fork time, so it is replaced.
         self._lock = threading.Lock()
+        if self._token_file is not None:
+            self._token_file._lock = threading.Lock()
         if self._channel is not None:
             self._inherited.append(self._channel)
         self._channel = self._retry = self._admin = None
@@ -272,6 +357,20 @@ class RetryClient:
         self._ensure()
         return self._admin  # type: ignore[return-value]
 
+    def call_metadata(self) -> Tuple[Tuple[str, str], ...]:
+        """The metadata every call carries (the token's authorization header
+        included): pass it to calls made on :attr:`retry_stub` or
+        :attr:`admin_stub` directly."""
+        token = self._token_file.get() if self._token_file is not None else self._token
+        if not token:
+            return self._metadata
+        return self._metadata + (("authorization", "Bearer " + token),)
+
+    @property
+    def has_token(self) -> bool:
+        """Whether calls carry a bearer token."""
+        return bool(self._token or self._token_file)
+
     def close(self) -> None:
         """Close this process's channel (a later call opens a new one)."""
         with self._lock:
@@ -289,7 +388,7 @@ class RetryClient:
 
     def _call(self, method: str, stub_method, request, timeout: Optional[float]):
         try:
-            return stub_method(request, timeout=self.timeout if timeout is None else timeout, metadata=self._metadata)
+            return stub_method(request, timeout=self.timeout if timeout is None else timeout, metadata=self.call_metadata())
         except grpc.RpcError as err:
             raise RPCError.from_rpc_error(method, err) from None
 
@@ -410,7 +509,7 @@ class RetryClient:
         req = retry_pb2.DispatchRequest(phases=list(phases), worker_id=worker_id, max_in_flight=int(max_in_flight))
         if lease_duration is not None:
             req.lease_duration.CopyFrom(_duration(lease_duration))
-        return self.retry_stub.Dispatch(req, metadata=self._metadata)
+        return self.retry_stub.Dispatch(req, metadata=self.call_metadata())
 
     # -- AdminService (read side, for workers and tests) ----------------------
 

@@ -50,7 +50,9 @@ class Consumer:
     ``next_phase`` is set.
 
     ``client`` is a :class:`RetryClient` or a target string (default
-    ``RETRYD_TARGET`` or ``127.0.0.1:50051``). ``max_in_flight`` bounds the
+    ``RETRYD_TARGET`` or ``127.0.0.1:50051``); ``token`` is the bearer token
+    of the client made from a target (default ``RETRYD_TOKEN`` or
+    ``RETRYD_TOKEN_FILE``, see :class:`RetryClient`). ``max_in_flight`` bounds the
     tasks held at once (the stream's limit and the pool's size).
     ``lease_duration`` (seconds) asks for that lease length (None: the
     server's default); leases are extended halfway through their remaining
@@ -63,6 +65,7 @@ class Consumer:
         handler: Handler,
         *,
         client: Union[None, str, RetryClient] = None,
+        token: Optional[str] = None,
         worker_id: Optional[str] = None,
         max_in_flight: int = 1,
         lease_duration: Optional[float] = None,
@@ -78,9 +81,12 @@ class Consumer:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         self._owns_client = not isinstance(client, RetryClient)
-        if client is None:
-            client = os.environ.get("RETRYD_TARGET", DEFAULT_TARGET)
-        self.client = RetryClient(client) if isinstance(client, str) else client
+        if self._owns_client:
+            self.client = RetryClient(client or os.environ.get("RETRYD_TARGET", DEFAULT_TARGET), token=token)
+        elif token is not None:
+            raise ValueError("token= is for a client made from a target; give the RetryClient its token instead")
+        else:
+            self.client = client
         self.handler = handler
         self.worker_id = worker_id or default_worker_id()
         self.max_in_flight = max_in_flight
