@@ -86,7 +86,7 @@ func (echoAdmin) GetJob(ctx context.Context, _ *retrydv1.GetJobRequest) (*retryd
 
 // bundle is a running server guarded by an Authenticator.
 type bundle struct {
-	t     *testing.T
+	t     testing.TB
 	auth  *Authenticator
 	addr  string
 	clock *clockwork.FakeClock
@@ -113,7 +113,7 @@ func (s *syncBuffer) String() string {
 
 // setup starts a gRPC server on 127.0.0.1:0 with the RetryService and
 // AdminService above, health and reflection, guarded by cfg.
-func setup(t *testing.T, cfg Config) *bundle {
+func setup(t testing.TB, cfg Config) *bundle {
 	t.Helper()
 	b := &bundle{t: t, clock: clockwork.NewFakeClock(), logs: &syncBuffer{}}
 	a, err := New(cfg, Options{Clock: b.clock, Logger: slog.New(slog.NewTextHandler(b.logs, nil))})
