@@ -26,6 +26,11 @@ def test_retryd_is_a_native_sidecar_with_grpc_probes():
     }
     containers = {c["name"]: c for c in pod["containers"]}
     assert {"name": "RETRYD_TARGET", "value": "127.0.0.1:50051"} in containers["worker"]["env"]
+    # Protected mode: listening beyond loopback needs credentials, so the
+    # sidecar takes worker tokens from a Secret and the worker presents one.
+    token = {"secretKeyRef": {"name": "retryd-tokens", "key": "worker"}}
+    assert {"name": "RETRYD_WORKER_TOKENS", "valueFrom": token} in sidecar["env"]
+    assert {"name": "RETRYD_TOKEN", "valueFrom": token} in containers["worker"]["env"]
     assert containers["rq-bridge"]["command"][:3] == ["python3", "-m", "retryd.bridge"]
 
 
@@ -34,14 +39,18 @@ def test_retryd_accepts_the_sidecar_settings(retryd_binary, tmp_path):
     [sidecar] = deployment["spec"]["template"]["spec"]["initContainers"]
     port, metrics = free_port(), free_port()
     args = []
-    for arg in sidecar["args"]:  # the manifest's flags, on loopback ports here
+    for arg in sidecar["args"]:  # the manifest's flags, on free ports here
         if arg.startswith("--listen="):
-            arg = f"--listen=127.0.0.1:{port}"
+            # All interfaces, as in the pod: protected mode must accept it
+            # because worker tokens are configured (probes go to loopback).
+            assert arg == "--listen=0.0.0.0:50051", arg
+            arg = f"--listen=0.0.0.0:{port}"
         elif arg.startswith("--metrics-listen="):
             arg = f"--metrics-listen=127.0.0.1:{metrics}"
         args.append(arg)
     # The Redis URL comes from a Secret in the cluster; the embedded store here.
-    env = {"PATH": "/usr/bin:/bin", **config["data"], "RETRYD_DATA_DIR": str(tmp_path / "data")}
+    env = {"PATH": "/usr/bin:/bin", **config["data"], "RETRYD_DATA_DIR": str(tmp_path / "data"),
+           "RETRYD_WORKER_TOKENS": "deploy-test-worker-token-0123456789"}
     proc = Proc("retryd-deploy", [str(retryd_binary), *args], tmp_path, env=env)
     try:
         wait_for(lambda: health_serving(f"127.0.0.1:{port}", 0.5) or not proc.alive(), 15, "retryd to serve")
