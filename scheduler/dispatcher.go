@@ -78,7 +78,13 @@ type Dispatcher struct {
 	subs   []*Subscription
 	next   int                      // round-robin start
 	leases map[string]*Subscription // lease id → holder, for unreported tasks
-	target time.Time                // the loop's current wake-up, zero when it waits for events only
+
+	// Owned by the loop goroutine (which also handles the events), so
+	// that filtering the stream of store events takes no lock.
+	target    time.Time           // the loop's current wake-up
+	roomFor   map[string]struct{} // phases that had a subscriber with room when the loop went to sleep
+	groups    []*claimGroup       // scratch for claimGroups
+	phaseList []string            // scratch for nextWake
 
 	lifecycle sync.Mutex
 	cancel    context.CancelFunc
@@ -92,9 +98,10 @@ func NewDispatcher(cfg DispatcherConfig) (*Dispatcher, error) {
 		return nil, err
 	}
 	return &Dispatcher{
-		cfg:    cfg,
-		wake:   make(chan struct{}, 1),
-		leases: make(map[string]*Subscription),
+		cfg:     cfg,
+		wake:    make(chan struct{}, 1),
+		leases:  make(map[string]*Subscription),
+		roomFor: make(map[string]struct{}),
 	}, nil
 }
 
@@ -162,11 +169,14 @@ func (d *Dispatcher) Subscribe(r SubscribeRequest) (*Subscription, error) {
 	if r.LeaseFor <= 0 {
 		r.LeaseFor = d.cfg.LeaseDuration
 	}
+	phases := slices.Clone(r.Phases)
+	sorted := slices.Compact(slices.Sorted(slices.Values(phases)))
 	s := &Subscription{
 		d:        d,
-		phases:   slices.Clone(r.Phases),
+		phases:   phases,
 		workerID: r.WorkerID,
 		leaseFor: r.LeaseFor,
+		claimKey: fmt.Sprintf("%q %d %q", sorted, r.LeaseFor, r.WorkerID),
 		max:      r.MaxInFlight,
 		tasks:    make(chan store.Task, r.MaxInFlight),
 		ended:    make(chan struct{}),
@@ -221,6 +231,20 @@ func (d *Dispatcher) loop(ctx context.Context, events <-chan store.Event) {
 	}()
 	for {
 		claimFailed := d.dispatchDue(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		// Room opened during the pass (a report released a lease): claim
+		// again at once. Under load this is the common case, and the
+		// store's earliest due time need not be read at all. After a
+		// failed claim the loop goes the long way, through the back-off.
+		if !claimFailed {
+			select {
+			case <-d.wake:
+				continue
+			default:
+			}
+		}
 		wait, err := d.nextWake(ctx)
 		if ctx.Err() != nil {
 			return
@@ -287,110 +311,177 @@ func (d *Dispatcher) handleEvent(ev store.Event) bool {
 		d.mu.Unlock()
 		return ok
 	case store.EventScheduled:
-		d.mu.Lock()
-		defer d.mu.Unlock()
-		if !d.target.IsZero() && !ev.DueAt.Before(d.target) {
+		// Every report schedules a retry, so these come by the thousand a
+		// second under load; most are due after the current wake-up or for
+		// phases whose streams are all full, and are dropped here without
+		// a lock. Room that opens later pokes the loop, which then claims
+		// and reads the next due time anyway.
+		if !ev.DueAt.Before(d.target) {
 			return false
 		}
-		for _, s := range d.subs {
-			if s.free() > 0 && slices.Contains(s.phases, ev.Phase) {
-				return true
-			}
-		}
+		_, ok := d.roomFor[ev.Phase]
+		return ok
 	}
 	return false
 }
 
-// dispatchDue claims due tasks for every subscription with room, starting
-// the round at a different subscription each time so that streams of the
-// same phases share the work. It reports whether a claim failed.
-func (d *Dispatcher) dispatchDue(ctx context.Context) (claimFailed bool) {
-	d.mu.Lock()
-	n := len(d.subs)
-	order := make([]*Subscription, 0, n)
-	for i := range n {
-		order = append(order, d.subs[(d.next+i)%n])
-	}
-	if n > 0 {
-		d.next = (d.next + 1) % n
-	}
-	d.mu.Unlock()
+// claimGroup is the subscriptions with room that one Claim serves: those
+// with the same phases, lease duration and worker id (a worker's several
+// streams), for which one store call leases the tasks of all.
+type claimGroup struct {
+	key      string
+	phases   []string
+	leaseFor time.Duration
+	workerID string
+	subs     []*Subscription
+	room     int
+}
 
-	for _, s := range order {
+// dispatchDue claims due tasks for every subscription with room: one Claim
+// per claimGroup, whose tasks are shared out among the group's streams.
+// The round starts at a different subscription each time, so that groups
+// of the same phases take turns at the earliest due tasks. It reports
+// whether a claim failed.
+func (d *Dispatcher) dispatchDue(ctx context.Context) (claimFailed bool) {
+	for _, g := range d.claimGroups() {
 		if ctx.Err() != nil {
 			return false
 		}
-		d.mu.Lock()
-		room := s.free()
-		d.mu.Unlock()
-		if room == 0 {
-			continue
-		}
 		now := d.cfg.Clock.Now()
 		tasks, err := d.cfg.Store.Claim(ctx, store.ClaimRequest{
-			Phases:   s.phases,
-			Limit:    room,
+			Phases:   g.phases,
+			Limit:    g.room,
 			Now:      now,
-			LeaseFor: s.leaseFor,
-			WorkerID: s.workerID,
+			LeaseFor: g.leaseFor,
+			WorkerID: g.workerID,
 		})
 		if err != nil {
 			if ctx.Err() == nil {
-				d.cfg.Logger.Warn("dispatcher: claim failed", "phases", s.phases, "err", err)
+				d.cfg.Logger.Warn("dispatcher: claim failed", "phases", g.phases, "err", err)
 			}
 			return true
 		}
 		if len(tasks) > 0 {
 			Fault(FaultAfterClaim)
-		}
-		for _, t := range tasks {
-			d.deliver(s, t, now)
+			d.deliver(g, tasks, now)
 		}
 	}
 	return false
 }
 
-// deliver hands a claimed task to its subscription, or gives it back when
-// the subscription ended meanwhile.
-func (d *Dispatcher) deliver(s *Subscription, t store.Task, now time.Time) {
-	d.mu.Lock()
-	if s.closed {
-		d.mu.Unlock()
-		s.giveBack(t)
-		return
+// claimGroups groups the subscriptions that have room, in the loop's
+// scratch groups.
+func (d *Dispatcher) claimGroups() []*claimGroup {
+	for _, g := range d.groups {
+		clear(g.subs)
+		*g = claimGroup{subs: g.subs[:0]}
 	}
-	s.leases[t.LeaseID] = struct{}{}
-	d.leases[t.LeaseID] = s
-	// Never blocks: the channel holds MaxInFlight and free() counted it.
-	s.tasks <- t
+	used := 0
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := len(d.subs)
+	for i := range n {
+		s := d.subs[(d.next+i)%n]
+		room := s.free()
+		if room == 0 {
+			continue
+		}
+		var g *claimGroup
+		for _, x := range d.groups[:used] {
+			if x.key == s.claimKey {
+				g = x
+				break
+			}
+		}
+		if g == nil {
+			if used == len(d.groups) {
+				d.groups = append(d.groups, &claimGroup{})
+			}
+			g = d.groups[used]
+			used++
+			g.key, g.phases, g.leaseFor, g.workerID = s.claimKey, s.phases, s.leaseFor, s.workerID
+		}
+		g.subs = append(g.subs, s)
+		g.room += room
+	}
+	if n > 0 {
+		d.next = (d.next + 1) % n
+	}
+	return d.groups[:used]
+}
+
+// deliver hands a group's claimed tasks to its subscriptions under one
+// lock, a task at a time to each stream with room in turn. A task that no
+// stream of the group can take any more (they closed meanwhile) goes back
+// to the schedule.
+func (d *Dispatcher) deliver(g *claimGroup, tasks []store.Task, now time.Time) {
+	var unsent []int // indexes into tasks
+	d.mu.Lock()
+	next := 0
+	for i, t := range tasks {
+		placed := false
+		for range g.subs {
+			s := g.subs[next]
+			next = (next + 1) % len(g.subs)
+			if s.free() == 0 {
+				continue
+			}
+			select {
+			case s.tasks <- t:
+				s.leases[t.LeaseID] = struct{}{}
+				d.leases[t.LeaseID] = s
+				placed = true
+			default:
+				// free() counted the room in the channel, so this is
+				// unreachable; should it ever happen, the task goes back
+				// rather than block the loop (and with it every stream)
+				// behind one stream's reader.
+			}
+			break
+		}
+		if !placed {
+			unsent = append(unsent, i)
+		}
+	}
 	d.mu.Unlock()
+	for _, i := range unsent {
+		g.subs[0].giveBack(tasks[i])
+	}
 	if d.cfg.OnClaimed != nil {
-		d.cfg.OnClaimed(t, now)
+		for i, t := range tasks {
+			if !slices.Contains(unsent, i) {
+				d.cfg.OnClaimed(t, now)
+			}
+		}
 	}
 }
 
 // nextWake returns how long to sleep: until the earliest due time of the
 // phases with a free subscriber, at most MaxSleep.
 func (d *Dispatcher) nextWake(ctx context.Context) (time.Duration, error) {
+	clear(d.roomFor)
+	phases := d.phaseList[:0]
 	d.mu.Lock()
-	var phases []string
 	for _, s := range d.subs {
 		if s.free() == 0 {
 			continue
 		}
 		for _, p := range s.phases {
-			if !slices.Contains(phases, p) {
+			if _, ok := d.roomFor[p]; !ok {
+				d.roomFor[p] = struct{}{}
 				phases = append(phases, p)
 			}
 		}
 	}
 	d.mu.Unlock()
+	d.phaseList = phases
 
 	wait := d.cfg.MaxSleep
 	target := time.Time{}
 	if len(phases) > 0 {
 		due, ok, err := d.cfg.Store.NextDue(ctx, phases)
 		if err != nil {
+			d.target = d.cfg.Clock.Now().Add(d.cfg.RetryBackoff)
 			return 0, err
 		}
 		if ok {
@@ -407,9 +498,7 @@ func (d *Dispatcher) nextWake(ctx context.Context) (time.Duration, error) {
 	if target.IsZero() {
 		target = d.cfg.Clock.Now().Add(wait)
 	}
-	d.mu.Lock()
 	d.target = target
-	d.mu.Unlock()
 	return wait, nil
 }
 
@@ -419,6 +508,7 @@ type Subscription struct {
 	phases   []string
 	workerID string
 	leaseFor time.Duration
+	claimKey string // phases, lease duration and worker id: equal keys share a Claim
 	max      int
 	tasks    chan store.Task
 	ended    chan struct{}
