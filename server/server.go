@@ -8,6 +8,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -135,6 +136,7 @@ func New(cfg Config) (*Server, error) {
 	logger := interceptorLogger(cfg.Logger)
 	logOpts := []logging.Option{
 		logging.WithLogOnEvents(logging.FinishCall),
+		logging.WithFieldsFromContextAndCallMeta(callStartFields),
 		// Successful calls are the hot path (thousands a second): debug only.
 		logging.WithLevels(func(c codes.Code) logging.Level {
 			if c == codes.OK {
@@ -154,7 +156,7 @@ func New(cfg Config) (*Server, error) {
 		// record it (the panic text never reaches the client).
 		grpc.ChainUnaryInterceptor(
 			cfg.Metrics.GRPC.UnaryServerInterceptor(),
-			logging.UnaryServerInterceptor(logger, logOpts...),
+			logUnaryCalls(cfg.Logger, logging.UnaryServerInterceptor(logger, logOpts...)),
 			recovery.UnaryServerInterceptor(recoveryOpts...),
 		),
 		grpc.ChainStreamInterceptor(
@@ -166,6 +168,7 @@ func New(cfg Config) (*Server, error) {
 		grpc.MaxRecvMsgSize(cfg.MaxPayloadBytes*3 + MaxErrorMessageBytes + 256<<10),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: KeepaliveTime, Timeout: KeepaliveTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: KeepaliveMinTime, PermitWithoutStream: true}),
+		grpc.NumStreamWorkers(streamWorkers()),
 	}
 	opts = append(opts, cfg.ServerOptions...)
 	gs := grpc.NewServer(opts...)
@@ -178,6 +181,18 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{deps: d, grpc: gs, health: hs, healthInterval: cfg.HealthInterval}
 	s.setServing(false)
 	return s, nil
+}
+
+// streamWorkers sizes gRPC's pool of handler goroutines. Without one, every
+// call runs on a new goroutine whose stack grows, by copying, to the depth
+// of the interceptors, the handler and the Redis client: about 8% of the
+// server's CPU under the throughput benchmark (BENCHMARKS.md). A worker
+// keeps its grown stack for the next call. A call that finds every worker
+// busy (a Dispatch stream holds one for its lifetime) gets a goroutine of
+// its own as before, so the pool only needs to cover the usual number of
+// concurrent calls.
+func streamWorkers() uint32 {
+	return uint32(32 * runtime.GOMAXPROCS(0))
 }
 
 // interceptorLogger adapts slog to go-grpc-middleware's logging interface.
