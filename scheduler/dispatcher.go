@@ -528,12 +528,15 @@ func (s *Subscription) Ended() <-chan struct{} { return s.ended }
 // LeaseFor is the lease duration of this stream's tasks.
 func (s *Subscription) LeaseFor() time.Duration { return s.leaseFor }
 
-// free is the room left under MaxInFlight. Callers hold d.mu.
+// free is the room left under MaxInFlight, and in the task channel: a
+// task whose lease ended (reaped, canceled) while it waited in the channel
+// for a stream that does not read no longer counts as a lease but still
+// fills a slot, and deliver must never block. Callers hold d.mu.
 func (s *Subscription) free() int {
 	if s.closed {
 		return 0
 	}
-	return max(s.max-len(s.leases), 0)
+	return max(min(s.max-len(s.leases), cap(s.tasks)-len(s.tasks)), 0)
 }
 
 func (s *Subscription) end() { s.endOnce.Do(func() { close(s.ended) }) }

@@ -150,7 +150,8 @@ func (s *retryService) ExtendLease(ctx context.Context, req *retrydv1.ExtendLeas
 
 // Dispatch subscribes the stream to the dispatcher and forwards its tasks,
 // with a heartbeat whenever the stream has been idle for a heartbeat
-// interval. A task that cannot be sent goes back to the schedule at once.
+// interval (see feed). A task that cannot be sent goes back to the schedule
+// at once.
 func (s *retryService) Dispatch(req *retrydv1.DispatchRequest, stream retrydv1.RetryService_DispatchServer) error {
 	var v violations
 	switch n := len(req.GetPhases()); {
@@ -193,35 +194,7 @@ func (s *retryService) Dispatch(req *retrydv1.DispatchRequest, stream retrydv1.R
 	ctx := stream.Context()
 	s.log.DebugContext(ctx, "dispatch stream opened", "worker_id", req.GetWorkerId(), "phases", req.GetPhases())
 
-	heartbeat := s.clock.NewTimer(s.heartbeat)
-	defer heartbeat.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-sub.Ended():
-			return status.Error(codes.Unavailable, "retryd is shutting down; reconnect to another replica")
-		case <-heartbeat.Chan():
-			err := stream.Send(&retrydv1.DispatchResponse{Kind: &retrydv1.DispatchResponse_Heartbeat{
-				Heartbeat: &retrydv1.Heartbeat{SentAt: timestamppb.New(s.clock.Now())},
-			}})
-			if err != nil {
-				return err
-			}
-			heartbeat.Reset(s.heartbeat)
-		case t := <-sub.Tasks():
-			if err := s.send(ctx, stream, sub, t); err != nil {
-				return err
-			}
-			if !heartbeat.Stop() {
-				select {
-				case <-heartbeat.Chan():
-				default:
-				}
-			}
-			heartbeat.Reset(s.heartbeat)
-		}
-	}
+	return s.feed(ctx, stream, sub)
 }
 
 func (s *retryService) send(ctx context.Context, stream retrydv1.RetryService_DispatchServer, sub *scheduler.Subscription, t store.Task) error {

@@ -30,11 +30,16 @@ import (
 	"github.com/retryd/retryd/store"
 )
 
-// Keepalive settings. The server pings an idle connection every
-// KeepaliveTime and drops it when the ping is not answered within
-// KeepaliveTimeout, so that a silently dead worker's stream ends; clients
-// may ping as often as KeepaliveMinTime, also without active streams.
-// Clients should set their keepalive time to at least KeepaliveMinTime.
+// Keepalive defaults (Config.KeepaliveTime, .KeepaliveTimeout) and the
+// enforcement policy. The server pings a connection from which it has read
+// nothing for KeepaliveTime and closes it when the ping is not answered
+// within KeepaliveTimeout, so that the streams of a silently dead worker
+// (no FIN: a crashed host, a dropped NAT or proxy entry) end and their
+// unsent tasks go back within KeepaliveTime+KeepaliveTimeout. Clients may
+// ping as often as every KeepaliveMinTime, also without active streams; a
+// client that pings more often is sent GOAWAY ("too_many_pings"), so
+// clients must set their keepalive time to at least KeepaliveMinTime.
+// README.md ("Streams and dead peers") lists the matching client settings.
 const (
 	KeepaliveTime    = 30 * time.Second
 	KeepaliveTimeout = 10 * time.Second
@@ -65,6 +70,12 @@ type Config struct {
 	// HealthInterval is how often readiness is checked against the store.
 	// Defaults to 2 seconds.
 	HealthInterval time.Duration
+	// KeepaliveTime is how long a connection may be silent before the
+	// server pings it. Defaults to KeepaliveTime (30 s).
+	KeepaliveTime time.Duration
+	// KeepaliveTimeout is how long the server waits for the ping's answer
+	// before it closes the connection. Defaults to KeepaliveTimeout (10 s).
+	KeepaliveTimeout time.Duration
 	// ServerOptions are appended to the gRPC server's options (TLS, auth).
 	ServerOptions []grpc.ServerOption
 }
@@ -80,6 +91,9 @@ type deps struct {
 	leaseDuration time.Duration
 	heartbeat     time.Duration
 	maxPayload    int
+	// senders counts the goroutines sending on Dispatch streams (see
+	// sender); Shutdown waits for them before the store may close.
+	senders sync.WaitGroup
 }
 
 // Server is retryd's gRPC server: both services, health and reflection.
@@ -88,6 +102,7 @@ type Server struct {
 	grpc           *grpc.Server
 	health         *health.Server
 	healthInterval time.Duration
+	calls          *calls
 
 	mu       sync.Mutex
 	stopping bool
@@ -121,6 +136,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.HealthInterval <= 0 {
 		cfg.HealthInterval = 2 * time.Second
 	}
+	if cfg.KeepaliveTime <= 0 {
+		cfg.KeepaliveTime = KeepaliveTime
+	}
+	if cfg.KeepaliveTimeout <= 0 {
+		cfg.KeepaliveTimeout = KeepaliveTimeout
+	}
 	d := &deps{
 		store:         cfg.Store,
 		policy:        cfg.Policy,
@@ -149,24 +170,28 @@ func New(cfg Config) (*Server, error) {
 		cfg.Logger.ErrorContext(ctx, "panic in a handler", "panic", p, "stack", string(debug.Stack()))
 		return status.Error(codes.Internal, "internal error")
 	})}
+	inFlight := &calls{}
 	opts := []grpc.ServerOption{
-		// Read top to bottom: metrics see every call, logging sees every
-		// call with its final code, and recovery sits innermost so that a
-		// panic becomes an Internal status before logging and metrics
-		// record it (the panic text never reaches the client).
+		// Read top to bottom: the call count (for Shutdown) sees every call
+		// until its handler returns, metrics see every call, logging sees
+		// every call with its final code, and recovery sits innermost so
+		// that a panic becomes an Internal status before logging and
+		// metrics record it (the panic text never reaches the client).
 		grpc.ChainUnaryInterceptor(
+			inFlight.unary(),
 			cfg.Metrics.GRPC.UnaryServerInterceptor(),
 			logUnaryCalls(cfg.Logger, logging.UnaryServerInterceptor(logger, logOpts...)),
 			recovery.UnaryServerInterceptor(recoveryOpts...),
 		),
 		grpc.ChainStreamInterceptor(
+			inFlight.stream(),
 			cfg.Metrics.GRPC.StreamServerInterceptor(),
 			logging.StreamServerInterceptor(logger, logOpts...),
 			recovery.StreamServerInterceptor(recoveryOpts...),
 		),
 		// A payload at the limit, plus the rest of a maximal request.
 		grpc.MaxRecvMsgSize(cfg.MaxPayloadBytes*3 + MaxErrorMessageBytes + 256<<10),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: KeepaliveTime, Timeout: KeepaliveTimeout}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.KeepaliveTime, Timeout: cfg.KeepaliveTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: KeepaliveMinTime, PermitWithoutStream: true}),
 		grpc.NumStreamWorkers(streamWorkers()),
 	}
@@ -178,7 +203,7 @@ func New(cfg Config) (*Server, error) {
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)
 	cfg.Metrics.GRPC.InitializeMetrics(gs)
-	s := &Server{deps: d, grpc: gs, health: hs, healthInterval: cfg.HealthInterval}
+	s := &Server{deps: d, grpc: gs, health: hs, healthInterval: cfg.HealthInterval, calls: inFlight}
 	s.setServing(false)
 	return s, nil
 }
@@ -265,9 +290,12 @@ func (s *Server) checkReady(ctx context.Context) {
 	s.setServing(err == nil)
 }
 
-// Shutdown turns health to NOT_SERVING, then lets unary calls finish. The
-// caller stops the dispatcher first so that Dispatch streams end; streams
-// still open when ctx ends are cut.
+// Shutdown turns health to NOT_SERVING, then lets calls in progress finish.
+// The caller stops the dispatcher first so that Dispatch streams end. Once
+// no call has run for a moment (drainSettle), the connections still open
+// are closed (see calls for why grpc-go would otherwise keep them up to 5 s
+// or longer); calls still running when ctx ends are cut. It returns after
+// every stream's sender has given back what it could not send.
 func (s *Server) Shutdown(ctx context.Context) {
 	s.mu.Lock()
 	s.stopping = true
@@ -283,10 +311,16 @@ func (s *Server) Shutdown(ctx context.Context) {
 		s.grpc.GracefulStop()
 		close(stopped)
 	}()
+	qctx, cancelQuiesce := context.WithCancel(ctx)
+	defer cancelQuiesce()
 	select {
 	case <-stopped:
+	case <-s.calls.quiesced(qctx, s.deps.clock, drainSettle):
+		s.grpc.Stop()
+		<-stopped
 	case <-ctx.Done():
 		s.grpc.Stop()
 		<-stopped
 	}
+	s.deps.senders.Wait()
 }

@@ -44,6 +44,9 @@ type options struct {
 // bundle is what a server test needs: a running server on a fresh store,
 // and clients.
 type bundle struct {
+	addr   string
+	srv    *server.Server
+	disp   *scheduler.Dispatcher
 	store  store.Store
 	retry  retrydv1.RetryServiceClient
 	admin  retrydv1.AdminServiceClient
@@ -99,6 +102,9 @@ func setup(t testing.TB, kind string, opt options) *bundle {
 		<-served
 	})
 	return &bundle{
+		addr:   lis.Addr().String(),
+		srv:    srv,
+		disp:   disp,
 		store:  st,
 		retry:  retrydv1.NewRetryServiceClient(conn),
 		admin:  retrydv1.NewAdminServiceClient(conn),
