@@ -6,7 +6,7 @@ BUF_VERSION := 1.75.0
 BUF := $(TOOLS)/node_modules/.bin/buf
 GRPCURL := $(TOOLS)/bin/grpcurl
 
-.PHONY: all tools deps generate check-generated lint test test-go test-python run build clean
+.PHONY: all tools deps generate check-generated lint test test-go test-python run build clean bench bench-go bench-scale
 
 all: build
 
@@ -60,6 +60,40 @@ run:
 
 build:
 	go build -o bin/retryd ./cmd/retryd
+
+## bench: issue 5's three points (throughput, lag, memory) on both stores with
+## retrybench, BENCH_RUNS runs each (the memory point BENCH_MEMORY_RUNS); the
+## JSON lines go to bin/bench/results.jsonl, the summaries to bin/bench/summary.txt.
+## Not part of `make test`: it takes about ten minutes and wants an idle machine.
+BENCH_OUT := bin/bench
+BENCH_RUNS ?= 5
+BENCH_MEMORY_RUNS ?= 3
+bench: build
+	go build -o bin/retrybench ./cmd/retrybench
+	@mkdir -p $(BENCH_OUT)
+	@{ date -u; uptime; echo "nproc $$(nproc)"; grep -m1 'model name' /proc/cpuinfo; } | tee $(BENCH_OUT)/machine.txt
+	@set -o pipefail; for store in redis embedded; do \
+	  for point in throughput lag memory; do \
+	    runs=$(BENCH_RUNS); [ $$point = memory ] && runs=$(BENCH_MEMORY_RUNS); \
+	    bin/retrybench --spawn $$store --retryd bin/retryd --point $$point --runs $$runs --progress always \
+	      2> >(tee -a $(BENCH_OUT)/summary.txt >&2) | tee -a $(BENCH_OUT)/results.jsonl || exit 1; \
+	  done; \
+	done
+
+## bench-go: the Go benchmarks of the policy, the dispatcher and both stores,
+## BENCH_COUNT times each, into bin/bench/go.txt; compare two such files with
+## benchstat (go run golang.org/x/perf/cmd/benchstat@latest old.txt new.txt).
+BENCH_COUNT ?= 6
+bench-go:
+	@mkdir -p $(BENCH_OUT)
+	go test -run '^$$' -bench 'Decide|Dispatch$$' -benchmem -count $(BENCH_COUNT) ./scheduler/ | tee $(BENCH_OUT)/go.txt
+	go test -run '^$$' -bench . -benchmem -count $(BENCH_COUNT) ./store/redisstore/ ./store/boltstore/ | tee -a $(BENCH_OUT)/go.txt
+
+## bench-scale: claim and report cost with 1,000 vs 1,000,000 pending retries
+## on both stores (seeds a million retries per store: a few minutes, ~1 GB).
+bench-scale:
+	@mkdir -p $(BENCH_OUT)
+	go test -run '^$$' -bench Scale -benchtime 2000x -timeout 60m ./scheduler/ | tee $(BENCH_OUT)/scale.txt
 
 clean:
 	rm -rf bin
