@@ -156,9 +156,12 @@ func (m *Metrics) RegisterBacklog(s store.Store) {
 	m.Registry.MustRegister(&backlogCollector{store: bc})
 }
 
-// Handler serves the registry in the Prometheus text format.
+// Handler serves the registry in the Prometheus text format. A collector
+// that fails (the backlog, read from the store at scrape time, while the
+// store is down) leaves its samples out instead of failing the scrape:
+// /metrics matters most during an outage.
 func (m *Metrics) Handler() http.Handler {
-	return promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry})
+	return promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry, ErrorHandling: promhttp.ContinueOnError})
 }
 
 var backlogDesc = prometheus.NewDesc("retryd_backlog",

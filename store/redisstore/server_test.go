@@ -199,7 +199,8 @@ func TestOutOfMemoryNeverAcknowledges(t *testing.T) {
 // replica is in sync.
 func replicated(t *testing.T) (primary, replica *testredis.Server) {
 	t.Helper()
-	primary = testredis.Start(t, testredis.TCP())
+	// No diskless-sync delay: the replica syncs at once, not after 5 s.
+	primary = testredis.Start(t, testredis.TCP(), testredis.Config("repl-diskless-sync-delay 0"))
 	replica = testredis.Start(t, testredis.TCP(), testredis.Config("replicaof "+strings.Replace(primary.Addr(), ":", " ", 1)))
 	waitReplicaLink(t, primary, 1)
 	return primary, replica
