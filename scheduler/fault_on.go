@@ -44,11 +44,12 @@ func init() {
 		at = v
 	}
 	fault.point, fault.at = point, at
-	fmt.Fprintf(os.Stderr, "retryd: fault build: will crash the %d. time %s is reached\n", at, point)
+	fmt.Fprintf(os.Stderr, "retryd: fault build: will crash when %s is reached for the %d. time\n", point, at)
 }
 
 // Fault crashes the process (SIGKILL, as kill -9 would: no deferred
-// function, no graceful shutdown) the configured time point is reached.
+// function, no graceful shutdown) when point is the one RETRYD_FAULT names
+// and this is the configured time it is reached.
 func Fault(point string) {
 	if point != fault.point || fault.seen.Add(1) != fault.at {
 		return

@@ -210,3 +210,17 @@ func withPrefix(c loadConfig, prefix string) loadConfig {
 	c.prefix = prefix
 	return c
 }
+
+// TestFaultSpecChecked: a fault build refuses a RETRYD_FAULT it does not
+// understand instead of running without the crash the test asked for.
+func TestFaultSpecChecked(t *testing.T) {
+	for spec, want := range map[string]string{
+		"crash-after-lunch":     "unknown fault point",
+		"crash-after-claim@0":   "the count after @ must be a positive number",
+		"crash-after-send@many": "the count after @ must be a positive number",
+	} {
+		p := launch(t, "A", []string{"RETRYD_FAULT=" + spec}, "--data-dir", t.TempDir())
+		p.waitExit(t, 10*time.Second)
+		require.Contains(t, p.logs.String(), want, spec)
+	}
+}
