@@ -84,6 +84,7 @@ type Dispatcher struct {
 	target    time.Time           // the loop's current wake-up
 	roomFor   map[string]struct{} // phases that had a subscriber with room when the loop went to sleep
 	groups    []*claimGroup       // scratch for claimGroups
+	drained   map[string]struct{} // scratch for dispatchDue
 	phaseList []string            // scratch for nextWake
 
 	lifecycle sync.Mutex
@@ -102,6 +103,7 @@ func NewDispatcher(cfg DispatcherConfig) (*Dispatcher, error) {
 		wake:    make(chan struct{}, 1),
 		leases:  make(map[string]*Subscription),
 		roomFor: make(map[string]struct{}),
+		drained: make(map[string]struct{}),
 	}, nil
 }
 
@@ -340,12 +342,22 @@ type claimGroup struct {
 // dispatchDue claims due tasks for every subscription with room: one Claim
 // per claimGroup, whose tasks are shared out among the group's streams.
 // The round starts at a different subscription each time, so that groups
-// of the same phases take turns at the earliest due tasks. It reports
-// whether a claim failed.
+// of the same phases take turns at the earliest due tasks.
+//
+// A claim that returns less than it asked for has taken everything due in
+// its phases, so the pass skips the groups whose phases are all drained:
+// with several workers on one phase, a pass makes one claim rather than
+// one per worker when little is due (each claim is a round trip to Redis,
+// or a commit of the embedded store). What falls due meanwhile is the next
+// pass's. It reports whether a claim failed.
 func (d *Dispatcher) dispatchDue(ctx context.Context) (claimFailed bool) {
+	clear(d.drained)
 	for _, g := range d.claimGroups() {
 		if ctx.Err() != nil {
 			return false
+		}
+		if d.allDrained(g.phases) {
+			continue
 		}
 		now := d.cfg.Clock.Now()
 		tasks, err := d.cfg.Store.Claim(ctx, store.ClaimRequest{
@@ -361,12 +373,28 @@ func (d *Dispatcher) dispatchDue(ctx context.Context) (claimFailed bool) {
 			}
 			return true
 		}
+		if len(tasks) < g.room {
+			for _, p := range g.phases {
+				d.drained[p] = struct{}{}
+			}
+		}
 		if len(tasks) > 0 {
 			Fault(FaultAfterClaim)
 			d.deliver(g, tasks, now)
 		}
 	}
 	return false
+}
+
+// allDrained reports whether an earlier claim of this pass took everything
+// due in each of the phases.
+func (d *Dispatcher) allDrained(phases []string) bool {
+	for _, p := range phases {
+		if _, ok := d.drained[p]; !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // claimGroups groups the subscriptions that have room, in the loop's

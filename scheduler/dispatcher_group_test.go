@@ -40,6 +40,11 @@ func (c *claimLog) log() []store.ClaimRequest {
 // dispatcher over them, not started, so that a test can subscribe several
 // streams before the first pass.
 func setupGroups(t *testing.T, n int) (*scheduler.Dispatcher, *claimLog) {
+	disp, log, _ := setupGroupsClock(t, n)
+	return disp, log
+}
+
+func setupGroupsClock(t *testing.T, n int) (*scheduler.Dispatcher, *claimLog, *clockwork.FakeClock) {
 	t.Helper()
 	st, err := boltstore.Open(filepath.Join(t.TempDir(), "retryd.db"), boltstore.Options{})
 	require.NoError(t, err)
@@ -57,7 +62,7 @@ func setupGroups(t *testing.T, n int) (*scheduler.Dispatcher, *claimLog) {
 	disp, err := scheduler.NewDispatcher(scheduler.DispatcherConfig{Store: log, Clock: clock})
 	require.NoError(t, err)
 	t.Cleanup(disp.Stop)
-	return disp, log
+	return disp, log, clock
 }
 
 func receive(t *testing.T, sub *scheduler.Subscription, n int) []store.Task {
@@ -142,4 +147,42 @@ func TestDifferentLeaseDurationsClaimApart(t *testing.T) {
 	a, b := receive(t, short, 1)[0], receive(t, long, 1)[0]
 	require.Equal(t, base.Add(2*time.Minute), a.LeaseExpiresAt)
 	require.Equal(t, base.Add(time.Minute+time.Hour), b.LeaseExpiresAt)
+}
+
+// TestDrainedPhaseIsNotClaimedAgain: once a claim of a pass took everything
+// due in a phase, the other workers of that phase are not claimed for in
+// the same pass (each claim is a round trip or a commit).
+func TestDrainedPhaseIsNotClaimedAgain(t *testing.T) {
+	t.Parallel()
+	disp, log, clock := setupGroupsClock(t, 0)
+	var subs []*scheduler.Subscription
+	for _, w := range []string{"w1", "w2", "w3"} {
+		sub, err := disp.Subscribe(scheduler.SubscribeRequest{Phases: []string{"extraction"}, WorkerID: w, MaxInFlight: 2})
+		require.NoError(t, err)
+		defer sub.Close()
+		subs = append(subs, sub)
+	}
+	require.NoError(t, disp.Start(context.Background()))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// Nothing is due: the loop settles on its timer.
+	require.NoError(t, clock.BlockUntilContext(ctx, 1))
+	before := len(log.log())
+
+	// One retry falls due now; its event wakes the loop for one pass.
+	now := clock.Now()
+	_, err := log.RecordFailure(ctx, store.Failure{
+		JobID: "job", Phase: "extraction", ErrorType: "Timeout", Now: now,
+		Verdict: store.Verdict{Decision: store.DecisionRetry, Retryable: true, Reason: "r", NextRetryCount: 1, Delay: time.Millisecond, DueAt: now},
+	})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		n := 0
+		for _, sub := range subs {
+			n += len(sub.Tasks())
+		}
+		return n == 1
+	}, 10*time.Second, time.Millisecond)
+	require.NoError(t, clock.BlockUntilContext(ctx, 1))
+	require.Len(t, log.log()[before:], 1, "one claim drained the phase; the other workers were skipped")
 }
