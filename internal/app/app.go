@@ -52,6 +52,11 @@ func Run(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 		return err
 	}
 	defer st.Close()
+	clock, stopClock, err := newClock(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer stopClock()
 	log.Info("retryd starting", "listen", cfg.Listen, "store", where, "metrics_listen", cfg.MetricsListen,
 		"lease_duration", cfg.LeaseDuration, "jitter", policy.Jitter())
 	for _, line := range policyLines(policy) {
@@ -62,6 +67,7 @@ func Run(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 	m.RegisterBacklog(st)
 	disp, err := scheduler.NewDispatcher(scheduler.DispatcherConfig{
 		Store:         st,
+		Clock:         clock,
 		Logger:        log,
 		LeaseDuration: cfg.LeaseDuration,
 	})
@@ -71,13 +77,14 @@ func Run(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 	reaper, err := scheduler.NewReaper(scheduler.ReaperConfig{
 		Store:     st,
 		Policy:    policy,
+		Clock:     clock,
 		Logger:    log,
 		OnExpired: func(l store.Lease, _ store.Verdict) { m.LeaseExpired(l.Phase) },
 	})
 	if err != nil {
 		return err
 	}
-	janitor, err := scheduler.NewJanitor(scheduler.JanitorConfig{Store: st, Logger: log, OnExpired: m.Expired})
+	janitor, err := scheduler.NewJanitor(scheduler.JanitorConfig{Store: st, Clock: clock, Logger: log, OnExpired: m.Expired})
 	if err != nil {
 		return err
 	}
@@ -86,10 +93,13 @@ func Run(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 		Policy:            policy,
 		Dispatcher:        disp,
 		Metrics:           m,
+		Clock:             clock,
 		Logger:            log,
 		LeaseDuration:     cfg.LeaseDuration,
 		HeartbeatInterval: cfg.HeartbeatInterval,
 		MaxPayloadBytes:   cfg.MaxPayloadBytes,
+		KeepaliveTime:     cfg.KeepaliveTime,
+		KeepaliveTimeout:  cfg.KeepaliveTimeout,
 		ServerOptions:     authn.ServerOptions(),
 	})
 	if err != nil {

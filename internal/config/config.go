@@ -65,6 +65,21 @@ type Config struct {
 	// ShutdownGrace bounds how long a graceful shutdown waits for
 	// in-flight calls. Defaults to 20s.
 	ShutdownGrace time.Duration
+	// KeepaliveTime is how long a client connection may be silent before
+	// the server pings it. Defaults to server.KeepaliveTime (30s).
+	KeepaliveTime time.Duration
+	// KeepaliveTimeout is how long the server waits for a ping's answer
+	// before it closes the connection (and its Dispatch streams). Defaults
+	// to server.KeepaliveTimeout (10s).
+	KeepaliveTimeout time.Duration
+	// TimeSource is "auto" (on Redis, every replica schedules on Redis's
+	// clock, read with TIME; the embedded store uses the local clock) or
+	// "local" (the local clock, also on Redis). Defaults to "auto".
+	TimeSource string
+	// TestClockSkew moves the local clock by this much, to stand for a
+	// host whose clock is off. Tests only: set by RETRYD_TEST_CLOCK_SKEW,
+	// which is neither a flag nor in --help. Defaults to 0.
+	TestClockSkew time.Duration
 	// MaxPayloadBytes bounds a report's payload. Defaults to 256 KiB.
 	MaxPayloadBytes int
 	// JobRetention is how long finished jobs are kept. Defaults to
@@ -116,6 +131,9 @@ func Default() Config {
 		LeaseDuration:     5 * time.Minute,
 		HeartbeatInterval: 15 * time.Second,
 		ShutdownGrace:     20 * time.Second,
+		KeepaliveTime:     30 * time.Second,
+		KeepaliveTimeout:  10 * time.Second,
+		TimeSource:        "auto",
 		MaxPayloadBytes:   256 << 10,
 		JobRetention:      store.DefaultJobRetention,
 		StatsRetention:    store.DefaultStatsRetention,
@@ -168,6 +186,9 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("lease_duration", c.LeaseDuration),
 		slog.Duration("heartbeat_interval", c.HeartbeatInterval),
 		slog.Duration("shutdown_grace", c.ShutdownGrace),
+		slog.Duration("keepalive_time", c.KeepaliveTime),
+		slog.Duration("keepalive_timeout", c.KeepaliveTimeout),
+		slog.String("time_source", c.TimeSource),
 		slog.Int("max_payload_bytes", c.MaxPayloadBytes),
 		slog.Duration("job_retention", c.JobRetention),
 		slog.Duration("stats_retention", c.StatsRetention),
@@ -251,6 +272,16 @@ func checkPositive(d time.Duration) error {
 	return nil
 }
 
+// checkKeepalive bounds the keepalive settings: grpc-go raises anything
+// under a second to a second, and a ping answered after minutes does not
+// notice a dead peer in useful time.
+func checkKeepalive(d time.Duration) error {
+	if d < time.Second || d > time.Hour {
+		return errors.New("must be between 1s and 1h")
+	}
+	return nil
+}
+
 func checkNotNegative(d time.Duration) error {
 	if d < 0 {
 		return errors.New("must not be negative")
@@ -275,6 +306,9 @@ func checkMaxTerminalJobs(n int) error {
 	}
 	return nil
 }
+
+// timeSources are the values of --time-source.
+var timeSources = []string{"auto", "local"}
 
 // redisDurabilities are the values of --redis-durability.
 var redisDurabilities = []string{"async", "strict"}

@@ -64,6 +64,10 @@ func TestDefaults(t *testing.T) {
 	require.Equal(t, 5*time.Minute, c.LeaseDuration)
 	require.Equal(t, 15*time.Second, c.HeartbeatInterval)
 	require.Equal(t, 20*time.Second, c.ShutdownGrace)
+	require.Equal(t, 30*time.Second, c.KeepaliveTime)
+	require.Equal(t, 10*time.Second, c.KeepaliveTimeout)
+	require.Equal(t, "auto", c.TimeSource)
+	require.Zero(t, c.TestClockSkew)
 	require.Equal(t, 256*1024, c.MaxPayloadBytes)
 	require.Equal(t, 8*24*time.Hour, c.JobRetention)
 	require.Equal(t, 30*24*time.Hour, c.StatsRetention)
@@ -91,6 +95,9 @@ func TestExampleFile(t *testing.T) {
 	want.LeaseDuration = 10 * time.Minute
 	want.MaxPayloadBytes = 512 * 1024
 	want.ShutdownGrace = 30 * time.Second
+	want.KeepaliveTime = 20 * time.Second
+	want.KeepaliveTimeout = 5 * time.Second
+	want.TimeSource = "local"
 	want.RedisURL = "redis://127.0.0.1:6379/0"
 	want.RedisPrefix = "retryd-staging"
 	want.DataDir = "/var/lib/retryd"
@@ -192,6 +199,9 @@ var everySetting = []sourceCase{
 	{"lease-duration", "90s", func(c *Config) { c.LeaseDuration = 90 * time.Second }},
 	{"max-payload-bytes", "1MiB", func(c *Config) { c.MaxPayloadBytes = 1 << 20 }},
 	{"shutdown-grace", "0", func(c *Config) { c.ShutdownGrace = 0 }},
+	{"keepalive-time", "20s", func(c *Config) { c.KeepaliveTime = 20 * time.Second }},
+	{"keepalive-timeout", "2", func(c *Config) { c.KeepaliveTimeout = 2 * time.Second }},
+	{"time-source", "Local", func(c *Config) { c.TimeSource = "local" }},
 	{"redis-url", "rediss://:pw@redis.example:6380/2", func(c *Config) { c.RedisURL = "rediss://:pw@redis.example:6380/2" }},
 	{"redis-prefix", "rq", func(c *Config) { c.RedisPrefix = "rq" }},
 	{"data-dir", "/tmp/x", func(c *Config) { c.DataDir = "/tmp/x" }},
@@ -769,4 +779,23 @@ func TestEnvMap(t *testing.T) {
 	t.Parallel()
 	m := envMap([]string{"A=1", "A=2", "B=", "C", "=D", "E=x=y"})
 	require.Equal(t, map[string]string{"A": "1", "E": "x=y"}, m)
+}
+
+// TestTestClockSkew: RETRYD_TEST_CLOCK_SKEW moves the clock, either way; it
+// is not a setting (no flag, not in --help).
+func TestTestClockSkew(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		val  string
+		want time.Duration
+	}{{"5s", 5 * time.Second}, {"+2.5", 2500 * time.Millisecond}, {"-1m", -time.Minute}} {
+		c, err := loadT(t, nil, []string{"RETRYD_TEST_CLOCK_SKEW=" + tc.val})
+		require.NoError(t, err, tc.val)
+		require.Equal(t, tc.want, c.TestClockSkew, tc.val)
+	}
+	_, err := loadT(t, nil, []string{"RETRYD_TEST_CLOCK_SKEW=soon"})
+	require.ErrorContains(t, err, `RETRYD_TEST_CLOCK_SKEW: invalid value "soon"`)
+	require.NotContains(t, Usage(), "RETRYD_TEST_CLOCK_SKEW")
+	_, err = loadT(t, []string{"--test-clock-skew", "5s"}, nil)
+	require.Error(t, err)
 }

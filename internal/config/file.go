@@ -27,6 +27,9 @@ type fileConfig struct {
 	LeaseDuration     *string `yaml:"lease_duration"`
 	MaxPayloadBytes   *string `yaml:"max_payload_bytes"`
 	ShutdownGrace     *string `yaml:"shutdown_grace"`
+	KeepaliveTime     *string `yaml:"keepalive_time"`
+	KeepaliveTimeout  *string `yaml:"keepalive_timeout"`
+	TimeSource        *string `yaml:"time_source"`
 
 	RedisURL           *string `yaml:"redis_url"`
 	RedisPrefix        *string `yaml:"redis_prefix"`

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/retryd/retryd/scheduler"
 )
@@ -106,6 +107,13 @@ func load(args, environ []string, helpOut io.Writer) (Config, error) {
 		}
 	}
 	c.ConfigFile = path
+	if v := env[testClockSkewEnv]; v != "" {
+		d, err := parseSignedDuration(v)
+		if err != nil {
+			return Config{}, fmt.Errorf("%s: invalid value %q: %w", testClockSkewEnv, v, err)
+		}
+		c.TestClockSkew = d
+	}
 	// Each value was checked as it was read; what is left are combinations
 	// (a retryable type name that a non-retryable one shadows).
 	if err := c.Policy.Validate(); err != nil {
@@ -117,6 +125,22 @@ func load(args, environ []string, helpOut io.Writer) (Config, error) {
 		return Config{}, err
 	}
 	return c, nil
+}
+
+// testClockSkewEnv moves retryd's local clock, for the tests of a replica
+// whose clock is off (README.md, "Time"). It is deliberately not a setting:
+// no flag, no file key, not in --help.
+const testClockSkewEnv = "RETRYD_TEST_CLOCK_SKEW"
+
+// parseSignedDuration is parseDuration with an optional sign.
+func parseSignedDuration(s string) (time.Duration, error) {
+	s = strings.TrimSpace(s)
+	neg := strings.HasPrefix(s, "-")
+	d, err := parseDuration(strings.TrimPrefix(strings.TrimPrefix(s, "-"), "+"))
+	if neg {
+		d = -d
+	}
+	return d, err
 }
 
 // flagValue records a flag's raw values; parsing happens in apply, so that

@@ -104,6 +104,23 @@ var settings = []setting{
 	durationSetting("Server", "shutdown-grace", "RETRYD_SHUTDOWN_GRACE", "shutdown_grace",
 		"How long a graceful shutdown (SIGTERM) waits for in-flight calls; 0 stops at once.",
 		func(c *Config) *time.Duration { return &c.ShutdownGrace }, checkNotNegative),
+	durationSetting("Server", "keepalive-time", "RETRYD_KEEPALIVE_TIME", "keepalive_time",
+		"How long a client connection may be silent before the server pings it (a dead peer is noticed after this plus --keepalive-timeout).",
+		func(c *Config) *time.Duration { return &c.KeepaliveTime }, checkKeepalive),
+	durationSetting("Server", "keepalive-timeout", "RETRYD_KEEPALIVE_TIMEOUT", "keepalive_timeout",
+		"How long the server waits for the answer to its ping before it closes the connection and its Dispatch streams.",
+		func(c *Config) *time.Duration { return &c.KeepaliveTimeout }, checkKeepalive),
+	{
+		group: "Server", flag: "time-source", env: "RETRYD_TIME_SOURCE", key: "time_source", arg: "SOURCE",
+		help: "auto: on Redis every replica schedules on Redis's clock (TIME; the Redis user needs +time), so a replica whose clock is off dispatches nothing early; the embedded store uses the local clock. " +
+			"local: the local clock, also on Redis (replicas' clocks must then agree).",
+		show: func(c *Config) string { return c.TimeSource },
+		set: func(c *Config, _ string, v []string) error {
+			c.TimeSource = strings.ToLower(strings.TrimSpace(v[0]))
+			return checkOneOf(c.TimeSource, timeSources...)
+		},
+		check: func(c *Config) error { return checkOneOf(c.TimeSource, timeSources...) },
+	},
 	{
 		group: "Server", flag: "config", env: "RETRYD_CONFIG", arg: "FILE",
 		help: "YAML config file with the same settings under the keys listed here (unknown keys are errors).",
