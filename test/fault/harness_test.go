@@ -103,6 +103,15 @@ next:
 	return out
 }
 
+// waitLog waits until a line containing every one of substrs has arrived:
+// the process's output reaches the test through a pipe, a moment after the
+// process wrote it.
+func (p *proc) waitLog(t *testing.T, substrs ...string) {
+	t.Helper()
+	require.Eventually(t, func() bool { return len(p.logs.matching(substrs...)) > 0 },
+		10*time.Second, 5*time.Millisecond, "retryd %s never logged a line with %q", p.name, substrs)
+}
+
 // proc is a running retryd replica and its clients.
 type proc struct {
 	name        string

@@ -78,13 +78,19 @@ func TestRedisOutage(t *testing.T) {
 		during[p.name] = p.vitals(t)
 		cpu := p.cpuTime(t) - cpuFrom[p.name]
 		window := to.Sub(from)
-		lines := p.logs.count(from, to, "")
 		share := cpu.Seconds() / window.Seconds()
-		t.Logf("%s during the outage: %.0f%% of a core (%v CPU in %v), %.1f log lines/s (%d from go-redis), goroutines %.0f → %.0f, RSS %.1f → %.1f MB",
-			p.name, 100*share, cpu, window.Round(time.Millisecond), float64(lines)/window.Seconds(), p.logs.count(from, to, "redis: "),
-			before[p.name].goroutines, during[p.name].goroutines, before[p.name].rssMB, during[p.name].rssMB)
+		// Each refused call logs its own lines (the store error and the
+		// call's end): those follow the clients' retry rate. What retryd
+		// logs by itself (the dispatcher's, reaper's and readiness loops'
+		// retries, go-redis's dial errors) must stay a trickle.
+		lines := p.logs.count(from, to, "")
+		perCall := p.logs.count(from, to, "msg=\"store unavailable\"") + p.logs.count(from, to, "msg=\"finished call\"")
+		own := float64(lines-perCall) / window.Seconds()
+		t.Logf("%s during the outage: %.0f%% of a core (%v CPU in %v); log lines/s: %.1f of its own (%.1f from go-redis), %.1f for refused calls; goroutines %.0f → %.0f, RSS %.1f → %.1f MB",
+			p.name, 100*share, cpu, window.Round(time.Millisecond), own, float64(p.logs.count(from, to, "redis: "))/window.Seconds(),
+			float64(perCall)/window.Seconds(), before[p.name].goroutines, during[p.name].goroutines, before[p.name].rssMB, during[p.name].rssMB)
 		require.Less(t, share, 0.25, "%s spins while Redis is down", p.name)
-		require.Less(t, float64(lines)/window.Seconds(), 60.0, "%s floods its log while Redis is down", p.name)
+		require.Less(t, own, 25.0, "%s floods its log while Redis is down", p.name)
 		require.Less(t, during[p.name].goroutines, before[p.name].goroutines+100, "%s piles up goroutines", p.name)
 		require.Less(t, during[p.name].rssMB, before[p.name].rssMB+64, "%s piles up memory", p.name)
 	}
@@ -230,8 +236,10 @@ func TestStrictDurabilityThroughRetryd(t *testing.T) {
 	primary := testredis.Start(t, testredis.TCP(), testredis.Config(noSyncDelay))
 	replica := testredis.Start(t, testredis.TCP(), testredis.Config("replicaof "+strings.Replace(primary.Addr(), ":", " ", 1)))
 	waitRole(t, primary, "connected_slaves:1", "state=online")
-	p := startProc(t, "A", nil, replicaArgs(primary.URL(), "--redis-durability", "strict", "--redis-wait-timeout", "300ms")...)
-	require.NotEmpty(t, p.logs.matching("msg=redis", "durability=strict", "replicas=1"))
+	// A wait long enough for a loaded machine while the replica is up; the
+	// report while it is down takes all of it.
+	p := startProc(t, "A", nil, replicaArgs(primary.URL(), "--redis-durability", "strict", "--redis-wait-timeout", "2s")...)
+	p.waitLog(t, "msg=redis", "durability=strict", "replicas=1")
 	ctx := context.Background()
 	report := func(job string) error {
 		_, err := p.retry.ReportFailure(ctx, &retrydv1.ReportFailureRequest{JobId: job, Phase: "extraction", ErrorType: "Timeout"})
@@ -247,8 +255,8 @@ func TestStrictDurabilityThroughRetryd(t *testing.T) {
 	began := time.Now()
 	err := report("while-replica-down")
 	require.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
-	require.GreaterOrEqual(t, time.Since(began), 300*time.Millisecond)
-	require.NotEmpty(t, p.logs.matching("0 of 1 replicas confirmed the change within 300ms"))
+	require.GreaterOrEqual(t, time.Since(began), 2*time.Second)
+	p.waitLog(t, "0 of 1 replicas confirmed the change within 2s")
 
 	replica.Restart()
 	waitRole(t, primary, "connected_slaves:1", "state=online")
