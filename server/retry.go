@@ -153,31 +153,7 @@ func (s *retryService) ExtendLease(ctx context.Context, req *retrydv1.ExtendLeas
 // interval (see feed). A task that cannot be sent goes back to the schedule
 // at once.
 func (s *retryService) Dispatch(req *retrydv1.DispatchRequest, stream retrydv1.RetryService_DispatchServer) error {
-	var v violations
-	switch n := len(req.GetPhases()); {
-	case n == 0:
-		v.add("phases", "at least one phase is required")
-	case n > MaxPhasesPerStream:
-		v.add("phases", "has %d phases, the limit is %d", n, MaxPhasesPerStream)
-	}
-	seen := make(map[string]bool)
-	for _, p := range req.GetPhases() {
-		v.phase("phases", p, true)
-		if seen[p] {
-			v.add("phases", "%q is listed twice", p)
-		}
-		seen[p] = true
-	}
-	if w := req.GetWorkerId(); len(w) > MaxWorkerIDBytes {
-		v.add("worker_id", "is %d bytes, the limit is %d", len(w), MaxWorkerIDBytes)
-	}
-	if req.GetMaxInFlight() > MaxInFlight {
-		v.add("max_in_flight", "is %d, the limit is %d", req.GetMaxInFlight(), MaxInFlight)
-	}
-	if req.GetLeaseDuration() != nil {
-		v.duration("lease_duration", req.GetLeaseDuration(), MinLeaseDuration, MaxLeaseDuration)
-	}
-	if err := v.err(); err != nil {
+	if err := checkDispatch(req); err != nil {
 		return err
 	}
 
@@ -224,6 +200,10 @@ func (d *deps) payload(v *violations, field string, st *structpb.Struct) []byte 
 	}
 	if len(b) > d.maxPayload {
 		v.add(field, "is %d bytes encoded, the limit is %d (--max-payload-bytes)", len(b), d.maxPayload)
+		return nil
+	}
+	if depth := structDepth(st, MaxPayloadDepth+1); depth > MaxPayloadDepth {
+		v.add(field, "nests objects and lists more than %d deep", MaxPayloadDepth)
 		return nil
 	}
 	return b

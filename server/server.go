@@ -191,6 +191,7 @@ func New(cfg Config) (*Server, error) {
 		),
 		// A payload at the limit, plus the rest of a maximal request.
 		grpc.MaxRecvMsgSize(cfg.MaxPayloadBytes*3 + MaxErrorMessageBytes + 256<<10),
+		grpc.MaxHeaderListSize(MaxMetadataBytes),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.KeepaliveTime, Timeout: cfg.KeepaliveTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: KeepaliveMinTime, PermitWithoutStream: true}),
 		grpc.NumStreamWorkers(streamWorkers()),

@@ -62,7 +62,12 @@ func defaultOptions() options {
 
 func setup(t testing.TB, kind string, opt options) *bundle {
 	t.Helper()
-	st := teststore.New(t, kind)
+	return setupOn(t, teststore.New(t, kind), opt)
+}
+
+// setupOn is setup on a store the test opened.
+func setupOn(t testing.TB, st store.Store, opt options) *bundle {
+	t.Helper()
 	policy, err := scheduler.NewPolicy(opt.policy, nil)
 	require.NoError(t, err)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))

@@ -3,15 +3,19 @@ package server
 import (
 	"fmt"
 	"regexp"
+	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	retrydv1 "github.com/retryd/retryd/gen/retryd/v1"
 	"github.com/retryd/retryd/scheduler"
 )
 
@@ -39,19 +43,38 @@ const (
 	MaxLeaseDuration     = 24 * time.Hour
 	MinLeaseDuration     = time.Millisecond
 	MaxStatsWindow       = 90 * 24 * time.Hour
+	// MaxPayloadDepth bounds how deeply a payload's objects and lists nest
+	// (a flat object is depth 1). Protobuf decoders stop at 100 nested
+	// messages, and each level of a Struct costs three (Struct, map entry,
+	// Value): grpc-python could not decode a task whose payload nests 33
+	// deep, so such a payload would break every worker it was sent to.
+	MaxPayloadDepth = 20
+	// MaxMetadataBytes bounds a request's headers (the HTTP/2 header list:
+	// metadata, the authorization token, grpc's own headers).
+	MaxMetadataBytes = 32 << 10
 )
 
 var (
 	labelKeyRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.\-/]*$`)
 )
 
-// violations collects every problem of one request, so that the client sees
-// all of them at once.
+// maxViolations bounds the violations one error lists, so that a request
+// with thousands of bad entries cannot make an error of megabytes (the
+// status travels in HTTP/2 trailers, which clients limit).
+const maxViolations = 16
+
+// violations collects the problems of one request, so that the client sees
+// them all at once (the first maxViolations of them).
 type violations struct {
-	list []*errdetails.BadRequest_FieldViolation
+	list    []*errdetails.BadRequest_FieldViolation
+	dropped int
 }
 
 func (v *violations) add(field, format string, args ...any) {
+	if len(v.list) == maxViolations {
+		v.dropped++
+		return
+	}
 	v.list = append(v.list, &errdetails.BadRequest_FieldViolation{Field: field, Description: fmt.Sprintf(format, args...)})
 }
 
@@ -67,6 +90,9 @@ func (v *violations) err() error {
 			msg += "; "
 		}
 		msg += fv.Field + ": " + fv.Description
+	}
+	if v.dropped > 0 {
+		msg += fmt.Sprintf("; and %d more", v.dropped)
 	}
 	st, err := status.New(codes.InvalidArgument, msg).WithDetails(&errdetails.BadRequest{FieldViolations: v.list})
 	if err != nil {
@@ -109,6 +135,56 @@ func (v *violations) phase(field, p string, required bool) {
 			v.add(field, "%v", err)
 		}
 	}
+}
+
+// workerID checks an optional worker id: it is shown to operators (GetJob,
+// logs), so it must be text without control characters.
+func (v *violations) workerID(field, id string) {
+	switch {
+	case len(id) > MaxWorkerIDBytes:
+		v.add(field, "is %d bytes, the limit is %d", len(id), MaxWorkerIDBytes)
+	case !utf8.ValidString(id):
+		v.add(field, "must be valid UTF-8")
+	case strings.ContainsFunc(id, unicode.IsControl):
+		v.add(field, "must not contain control characters")
+	}
+}
+
+// structDepth returns how deeply st's objects and lists nest: 1 for an
+// object of plain values. It stops counting past limit, so that its cost
+// is bounded whatever it is given.
+func structDepth(st *structpb.Struct, limit int) int {
+	if st == nil || limit <= 0 {
+		return 0
+	}
+	deepest := 0
+	for _, val := range st.GetFields() {
+		deepest = max(deepest, valueDepth(val, limit-1))
+		if deepest >= limit-1 {
+			break
+		}
+	}
+	return 1 + deepest
+}
+
+func valueDepth(val *structpb.Value, limit int) int {
+	if limit <= 0 {
+		return 0
+	}
+	switch k := val.GetKind().(type) {
+	case *structpb.Value_StructValue:
+		return structDepth(k.StructValue, limit)
+	case *structpb.Value_ListValue:
+		deepest := 0
+		for _, item := range k.ListValue.GetValues() {
+			deepest = max(deepest, valueDepth(item, limit-1))
+			if deepest >= limit-1 {
+				break
+			}
+		}
+		return 1 + deepest
+	}
+	return 0
 }
 
 func (v *violations) retryCount(field string, n uint32) {
@@ -174,4 +250,31 @@ func (v *violations) text(field, s string, limit int) {
 	if !utf8.ValidString(s) {
 		v.add(field, "must be valid UTF-8")
 	}
+}
+
+// checkDispatch validates a Dispatch request.
+func checkDispatch(req *retrydv1.DispatchRequest) error {
+	var v violations
+	switch n := len(req.GetPhases()); {
+	case n == 0:
+		v.add("phases", "at least one phase is required")
+	case n > MaxPhasesPerStream:
+		v.add("phases", "has %d phases, the limit is %d", n, MaxPhasesPerStream)
+	}
+	seen := make(map[string]bool)
+	for _, p := range req.GetPhases()[:min(len(req.GetPhases()), MaxPhasesPerStream)] {
+		v.phase("phases", p, true)
+		if seen[p] {
+			v.add("phases", "%q is listed twice", p)
+		}
+		seen[p] = true
+	}
+	v.workerID("worker_id", req.GetWorkerId())
+	if req.GetMaxInFlight() > MaxInFlight {
+		v.add("max_in_flight", "is %d, the limit is %d", req.GetMaxInFlight(), MaxInFlight)
+	}
+	if req.GetLeaseDuration() != nil {
+		v.duration("lease_duration", req.GetLeaseDuration(), MinLeaseDuration, MaxLeaseDuration)
+	}
+	return v.err()
 }
