@@ -5,9 +5,6 @@ import (
 	"math"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	retrydv1 "github.com/retryd/retryd/gen/retryd/v1"
 	"github.com/retryd/retryd/store"
 )
@@ -35,7 +32,7 @@ func (s *adminService) RetryJob(ctx context.Context, req *retrydv1.RetryJobReque
 	s.log.InfoContext(ctx, "job re-driven by an operator", "job_id", job.ID, "phase", job.Phase, "cycle", job.Cycle)
 	out, err := jobToProto(job)
 	if err != nil {
-		return nil, s.corrupt(ctx, job.ID, err)
+		s.damaged(ctx, job.ID, err)
 	}
 	return &retrydv1.RetryJobResponse{Job: out}, nil
 }
@@ -60,7 +57,7 @@ func (s *adminService) CancelJob(ctx context.Context, req *retrydv1.CancelJobReq
 	}
 	out, err := jobToProto(job)
 	if err != nil {
-		return nil, s.corrupt(ctx, job.ID, err)
+		s.damaged(ctx, job.ID, err)
 	}
 	return &retrydv1.CancelJobResponse{Job: out}, nil
 }
@@ -77,7 +74,7 @@ func (s *adminService) GetJob(ctx context.Context, req *retrydv1.GetJobRequest) 
 	}
 	out, err := jobToProto(job)
 	if err != nil {
-		return nil, s.corrupt(ctx, job.ID, err)
+		s.damaged(ctx, job.ID, err)
 	}
 	return &retrydv1.GetJobResponse{Job: out}, nil
 }
@@ -164,9 +161,8 @@ func successRate(successful, total uint64) float64 {
 	return math.Round(1000*float64(successful)/float64(total)) / 10
 }
 
-// corrupt reports stored bytes that no longer decode: the client gets a
-// generic error, the log gets the job and the cause.
-func (s *adminService) corrupt(ctx context.Context, jobID string, err error) error {
-	s.log.ErrorContext(ctx, "stored job does not decode", "job_id", jobID, "err", err)
-	return status.Error(codes.Internal, "internal error")
+// damaged logs stored bytes that no longer decode; the job is still
+// returned, without them.
+func (s *adminService) damaged(ctx context.Context, jobID string, err error) {
+	s.log.ErrorContext(ctx, "stored job has data that does not decode; shown without it", "job_id", jobID, "err", err)
 }

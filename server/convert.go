@@ -1,6 +1,8 @@
 package server
 
 import (
+	"errors"
+	"fmt"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -97,6 +99,10 @@ func verdictToResponse(v store.Verdict) *retrydv1.ReportFailureResponse {
 	return resp
 }
 
+// jobToProto converts a job with its history. An attempt whose stored
+// payload or output does not decode is still shown, without them, and the
+// returned error says which: an operator inspecting a damaged job needs to
+// see it more than ever.
 func jobToProto(j store.Job) (*retrydv1.Job, error) {
 	out := &retrydv1.Job{
 		JobId:             j.ID,
@@ -117,24 +123,27 @@ func jobToProto(j store.Job) (*retrydv1.Job, error) {
 	if j.InBackoff() {
 		out.NextAttemptAt = ts(j.DueAt)
 	}
-	for _, a := range j.Attempts {
+	var errs []error
+	for i, a := range j.Attempts {
 		pa, err := attemptToProto(a)
 		if err != nil {
-			return nil, err
+			errs = append(errs, fmt.Errorf("attempt %d (%s #%d): %w", i, a.Phase, a.RetryCount, err))
 		}
 		out.Attempts = append(out.Attempts, pa)
 	}
-	return out, nil
+	return out, errors.Join(errs...)
 }
 
+// attemptToProto converts an attempt; a payload or output that does not
+// decode is left out and reported.
 func attemptToProto(a store.Attempt) (*retrydv1.Attempt, error) {
-	payload, err := decodeStruct(a.Payload)
-	if err != nil {
-		return nil, err
+	payload, perr := decodeStruct(a.Payload)
+	if perr != nil {
+		perr = fmt.Errorf("payload: %w", perr)
 	}
-	output, err := decodeStruct(a.Output)
-	if err != nil {
-		return nil, err
+	output, oerr := decodeStruct(a.Output)
+	if oerr != nil {
+		oerr = fmt.Errorf("output: %w", oerr)
 	}
 	out := &retrydv1.Attempt{
 		Phase:        a.Phase,
@@ -157,7 +166,7 @@ func attemptToProto(a store.Attempt) (*retrydv1.Attempt, error) {
 			out.Delay = durationpb.New(a.Verdict.Delay)
 		}
 	}
-	return out, nil
+	return out, errors.Join(perr, oerr)
 }
 
 func summaryToProto(j store.Job, now time.Time) *retrydv1.JobSummary {

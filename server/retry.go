@@ -176,9 +176,10 @@ func (s *retryService) Dispatch(req *retrydv1.DispatchRequest, stream retrydv1.R
 func (s *retryService) send(ctx context.Context, stream retrydv1.RetryService_DispatchServer, sub *scheduler.Subscription, t store.Task) error {
 	pt, err := taskToProto(t)
 	if err != nil {
-		sub.Unsent(t)
-		s.log.ErrorContext(ctx, "stored payload does not decode", "job_id", t.JobID, "err", err)
-		return status.Error(codes.Internal, "internal error")
+		// Putting it back would hand it to the next stream, and the next:
+		// a poison task. It fails for good instead, where operators see it.
+		s.giveUpUndecodable(ctx, sub, t, err)
+		return nil
 	}
 	if err := stream.Send(&retrydv1.DispatchResponse{Kind: &retrydv1.DispatchResponse_Task{Task: pt}}); err != nil {
 		sub.Unsent(t)
@@ -189,6 +190,40 @@ func (s *retryService) send(ctx context.Context, stream retrydv1.RetryService_Di
 		slog.Uint64("retry_count", uint64(t.RetryCount)), slog.Duration("lag", s.clock.Since(t.DueAt)))
 	scheduler.Fault(scheduler.FaultAfterSend) // a no-op but in the fault tests' build
 	return nil
+}
+
+// UndecodablePayloadType is the error type of an attempt retryd gave up
+// because its stored payload no longer decodes (a store bug or corruption).
+const UndecodablePayloadType = "UndecodablePayload"
+
+// giveUpUndecodable records a leased task whose stored payload does not
+// decode as a failed attempt and fails the job, so that the stream (and
+// every other stream of the phase) goes on; an operator can cancel it or,
+// once the payload is repaired, re-drive it with RetryJob.
+func (s *retryService) giveUpUndecodable(ctx context.Context, sub *scheduler.Subscription, t store.Task, cause error) {
+	s.log.ErrorContext(ctx, "stored payload does not decode: the job is failed instead of dispatched",
+		"job_id", t.JobID, "phase", t.Phase, "retry_count", t.RetryCount, "err", cause)
+	_, err := s.store.RecordFailure(ctx, store.Failure{
+		JobID:        t.JobID,
+		Phase:        t.Phase,
+		RetryCount:   t.RetryCount,
+		LeaseID:      t.LeaseID,
+		ErrorType:    UndecodablePayloadType,
+		ErrorMessage: "retryd could not decode the stored payload of this attempt: " + cause.Error(),
+		Payload:      []byte{},
+		Now:          s.clock.Now(),
+		Verdict: store.Verdict{
+			Decision: store.DecisionGiveUp,
+			Reason:   "not dispatched: the stored payload does not decode (retryd gave up so that the task cannot stall every worker)",
+		},
+	})
+	if err != nil {
+		// The lease stays; when it expires the reaper records the attempt
+		// and the task comes round again, to this same path.
+		s.log.ErrorContext(ctx, "recording an undecodable task failed", "job_id", t.JobID, "err", err)
+		return
+	}
+	s.dispatcher.LeaseReleased(t.LeaseID)
 }
 
 // payload encodes an optional Struct and checks it against the size limit.

@@ -174,9 +174,12 @@ func New(cfg Config) (*Server, error) {
 	opts := []grpc.ServerOption{
 		// Read top to bottom: the call count (for Shutdown) sees every call
 		// until its handler returns, metrics see every call, logging sees
-		// every call with its final code, and recovery sits innermost so
-		// that a panic becomes an Internal status before logging and
-		// metrics record it (the panic text never reaches the client).
+		// every call with its final code, and recovery comes next so that
+		// a panic becomes an Internal status before logging and metrics
+		// record it (the panic text never reaches the client).
+		// Authentication, when configured, arrives through
+		// Config.ServerOptions and runs after these, innermost: refused
+		// calls are still counted and logged.
 		grpc.ChainUnaryInterceptor(
 			inFlight.unary(),
 			cfg.Metrics.GRPC.UnaryServerInterceptor(),
