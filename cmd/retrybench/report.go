@@ -50,7 +50,10 @@ type result struct {
 	dispatches         int
 	earlyServer        int64
 	earlyClient        int64
-	earlyScheduled     int64
+	earlyMax           time.Duration
+	earlyExamples      []string
+	aheadCount         int64
+	aheadMax           time.Duration
 	foreign            int64
 	redisCalls         map[string]int64 // commands during the run; nil without Redis
 	memoryDelta        int64
@@ -138,8 +141,10 @@ func measure(ctx context.Context, o options, env *environment, stderr io.Writer)
 	res.WallS = round(wall.Seconds(), 3)
 	res.AttemptsPerS = round(float64(res.Attempts)/wall.Seconds(), 1)
 	res.Early, res.Duplicates = r.earlyAny.Load(), r.duplicates.Load()
-	res.earlyServer, res.earlyClient, res.earlyScheduled = r.earlyServer.Load(), r.earlyClient.Load(), r.earlyScheduled.Load()
+	res.earlyServer, res.earlyClient, res.earlyMax = r.earlyServer.Load(), r.earlyClient.Load(), time.Duration(r.earlyMax.Load())
+	res.aheadCount, res.aheadMax = r.aheadCount.Load(), time.Duration(r.aheadMax.Load())
 	res.foreign = r.foreign.Load()
+	res.earlyExamples = r.earlyExamples
 	res.dispatches = len(r.lags)
 	res.LagMs = lagQuantiles(r.lags)
 
@@ -241,8 +246,19 @@ func (r *result) printSummary(w io.Writer) {
 			l.P50, l.P90, l.P99, l.Max, l.Min, r.dispatches)
 	}
 	if r.Point != "memory" {
-		fmt.Fprintf(w, "  early          %d (before due_at: %d; before the client's report time + D: %d; due_at before report time + D: %d)\n",
-			r.Early, r.earlyServer, r.earlyClient, r.earlyScheduled)
+		fmt.Fprintf(w, "  early          %d (received before the task's due_at: %d; before the client's own report time + D: %d)", r.Early, r.earlyServer, r.earlyClient)
+		if r.Early > 0 {
+			fmt.Fprintf(w, ", by up to %v", r.earlyMax)
+		}
+		fmt.Fprintln(w)
+		for _, e := range r.earlyExamples {
+			fmt.Fprintf(w, "                 %s\n", e)
+		}
+		if r.aheadCount > 0 {
+			fmt.Fprintf(w, "  clocks         retryd's due_at was before the client's report time + D for %d retries, by up to %v: "+
+				"retryd's clock read earlier than this machine's (with Redis it schedules on Redis's clock, as it estimates it)\n",
+				r.aheadCount, r.aheadMax)
+		}
 		fmt.Fprintf(w, "  duplicates     %d", r.Duplicates)
 		if r.foreign > 0 {
 			fmt.Fprintf(w, ", and %d tasks of jobs this run did not create (another worker's phase? use --phase)", r.foreign)

@@ -48,6 +48,9 @@ type job struct {
 	// A receiver takes a task only by swapping it to 0, so a second
 	// dispatch of the same attempt counts as a duplicate.
 	expect atomic.Uint32
+	// answered is the next_attempt_at retryd answered the latest failure
+	// report with (Unix ns), for the summary of an early dispatch.
+	answered atomic.Int64
 }
 
 // taskRef is a received task on its way from a stream to a worker.
@@ -80,12 +83,20 @@ type runner struct {
 	allDone      chan struct{}
 	end          atomic.Int64 // Unix ns when the last job finished
 
-	duplicates     atomic.Int64 // a dispatch of an attempt already received, or of no expected attempt
-	foreign        atomic.Int64 // a task of a job this run does not know
-	earlyServer    atomic.Int64 // received before the task's own due_at
-	earlyClient    atomic.Int64 // received before the failure report was sent + D
-	earlyScheduled atomic.Int64 // due_at earlier than the report was sent + D
-	earlyAny       atomic.Int64 // dispatches early by at least one of the three
+	duplicates    atomic.Int64 // a dispatch of an attempt already received, or of no expected attempt
+	foreign       atomic.Int64 // a task of a job this run does not know
+	earlyServer   atomic.Int64 // received before the task's own due_at
+	earlyClient   atomic.Int64 // received before the failure report was sent + D
+	earlyAny      atomic.Int64 // dispatches early by at least one of the two
+	earlyMax      atomic.Int64 // ns, the most a dispatch was early by
+	earlyMu       sync.Mutex
+	earlyExamples []string // the first few early dispatches, with their times
+	// aheadCount counts due_at values earlier than the client's report time
+	// + D: retryd's clock read earlier than this machine's when it handled
+	// the report (with Redis it schedules on Redis's clock as it estimates
+	// it). Not an early dispatch by itself; aheadMax is the largest gap, ns.
+	aheadCount atomic.Int64
+	aheadMax   atomic.Int64
 
 	lagMu sync.Mutex
 	lags  []int64 // ns, receive − due_at, one per accepted dispatch
@@ -321,12 +332,14 @@ func (r *runner) receive(stream grpc.ClientStream) {
 			r.earlyClient.Add(1)
 			early = true
 		}
-		if due < sent+d {
-			r.earlyScheduled.Add(1)
-			early = true
-		}
 		if early {
 			r.earlyAny.Add(1)
+			storeMax(&r.earlyMax, max(due, sent+d)-now)
+			r.earlyExample(t, sent, j.answered.Load(), now)
+		}
+		if ahead := sent + d - due; ahead > 0 {
+			r.aheadCount.Add(1)
+			storeMax(&r.aheadMax, ahead)
 		}
 		lags = append(lags, now-due)
 		select {
@@ -335,6 +348,30 @@ func (r *runner) receive(stream grpc.ClientStream) {
 			return
 		}
 	}
+}
+
+// storeMax raises m to v.
+func storeMax(m *atomic.Int64, v int64) {
+	for {
+		cur := m.Load()
+		if v <= cur || m.CompareAndSwap(cur, v) {
+			return
+		}
+	}
+}
+
+// earlyExample keeps the first few early dispatches for the summary.
+func (r *runner) earlyExample(t wireTask, sent, answered, received int64) {
+	r.earlyMu.Lock()
+	defer r.earlyMu.Unlock()
+	if len(r.earlyExamples) >= maxExamples {
+		return
+	}
+	ms := func(ns int64) string { return fmt.Sprintf("%+.3f ms", float64(ns)/1e6) }
+	r.earlyExamples = append(r.earlyExamples, fmt.Sprintf(
+		"%s retry %d: failure reported at %s, due_at = report %s (the report's answer said %s), received at due_at %s (D %v)",
+		t.jobID, t.retryCount, time.Unix(0, sent).UTC().Format("15:04:05.000000"),
+		ms(t.dueNanos-sent), ms(answered-sent), ms(received-t.dueNanos), r.o.delay))
 }
 
 // work is one worker: it runs received retries first (so that the backlog
@@ -442,6 +479,9 @@ func (w *worker) failure(i int, id string, rc uint32, lease string) bool {
 			id, rc, res.GetDecision(), res.GetNextRetryCount(), res.GetDelay().AsDuration(), res.GetReason(),
 			w.r.o.delay, w.r.o.delay, w.r.o.k))
 		return false
+	}
+	if at := res.GetNextAttemptAt(); at != nil {
+		j.answered.Store(at.GetSeconds()*1e9 + int64(at.GetNanos()))
 	}
 	w.r.acked.Add(1)
 	return true
