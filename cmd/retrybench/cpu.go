@@ -22,12 +22,15 @@ type cpuSample struct {
 	retryd time.Duration
 	redis  time.Duration
 	self   time.Duration
+	// all is every process's CPU time (/proc/stat), so that the summary
+	// can say how much the rest of the machine used during the run.
+	all time.Duration
 }
 
 // sampleCPU reads the CPU time of retryd (by pid), Redis (INFO cpu: its
 // main and background threads) and this process.
 func sampleCPU(ctx context.Context, retrydPID int, rc *redis.Client) cpuSample {
-	s := cpuSample{retryd: -1, redis: -1, self: selfCPU()}
+	s := cpuSample{retryd: -1, redis: -1, self: selfCPU(), all: machineBusy()}
 	if retrydPID > 0 {
 		s.retryd = processCPU(retrydPID)
 	}
@@ -43,6 +46,16 @@ func sampleCPU(ctx context.Context, retrydPID int, rc *redis.Client) cpuSample {
 	return s
 }
 
+// others is the CPU time the machine spent outside the run's processes
+// (-1 when not every process of the run could be measured).
+func (s cpuSample) others() time.Duration {
+	if s.all < 0 || s.self < 0 || s.retryd < 0 && s.redis >= 0 {
+		return -1
+	}
+	o := s.all - s.self - max(s.retryd, 0) - max(s.redis, 0)
+	return max(o, 0)
+}
+
 // sub is the CPU used between two samples.
 func (s cpuSample) sub(before cpuSample) cpuSample {
 	d := func(a, b time.Duration) time.Duration {
@@ -51,7 +64,7 @@ func (s cpuSample) sub(before cpuSample) cpuSample {
 		}
 		return a - b
 	}
-	return cpuSample{retryd: d(s.retryd, before.retryd), redis: d(s.redis, before.redis), self: d(s.self, before.self)}
+	return cpuSample{retryd: d(s.retryd, before.retryd), redis: d(s.redis, before.redis), self: d(s.self, before.self), all: d(s.all, before.all)}
 }
 
 func selfCPU() time.Duration {
@@ -84,6 +97,29 @@ func processCPU(pid int) time.Duration {
 		return -1
 	}
 	return time.Duration(utime+stime) * clockTick
+}
+
+// machineBusy is the CPU time all processes have used so far (user, nice,
+// system, irq, softirq and steal of /proc/stat's "cpu" line), or -1.
+func machineBusy() time.Duration {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return -1
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return -1
+	}
+	var ticks int64
+	for _, i := range []int{1, 2, 3, 6, 7, 8} { // user nice system irq softirq steal
+		v, err := strconv.ParseInt(f[i], 10, 64)
+		if err != nil {
+			return -1
+		}
+		ticks += v
+	}
+	return time.Duration(ticks) * clockTick
 }
 
 // loadAverage is the 1-minute load average, or "?".

@@ -336,7 +336,11 @@ func (r *result) printCPU(w io.Writer) {
 	}
 	add("redis-server", r.cpu.redis)
 	fmt.Fprintf(w, "  cpu            %s over %.3f s of wall time on %d cores\n", strings.Join(parts, ", "), r.WallS, runtime.NumCPU())
-	fmt.Fprintf(w, "  machine        load average %s before the run, %s after\n", r.load0, r.load1)
+	fmt.Fprintf(w, "  machine        load average %s before the run, %s after", r.load0, r.load1)
+	if o := r.cpu.others(); o >= 0 && r.WallS > 0 && (r.cpu.retryd >= 0 || r.o.inProcess) {
+		fmt.Fprintf(w, "; other processes used %.0f%% of a core during the run", 100*o.Seconds()/r.WallS)
+	}
+	fmt.Fprintln(w)
 }
 
 func slowArgs(e redis.SlowLog) string {
