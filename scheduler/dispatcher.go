@@ -82,10 +82,15 @@ type Dispatcher struct {
 	// Owned by the loop goroutine (which also handles the events), so
 	// that filtering the stream of store events takes no lock.
 	target    time.Time           // the loop's current wake-up
+	targetDue bool                // target is a due time (not the MaxSleep safety net)
 	roomFor   map[string]struct{} // phases that had a subscriber with room when the loop went to sleep
 	groups    []*claimGroup       // scratch for claimGroups
 	drained   map[string]struct{} // scratch for dispatchDue
 	phaseList []string            // scratch for nextWake
+
+	// activeWait is false for a fake clock (tests), whose time only moves
+	// when the test advances it: the loop then never waits actively.
+	activeWait bool
 
 	lifecycle sync.Mutex
 	cancel    context.CancelFunc
@@ -98,12 +103,14 @@ func NewDispatcher(cfg DispatcherConfig) (*Dispatcher, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
+	_, fake := cfg.Clock.(interface{ Advance(time.Duration) })
 	return &Dispatcher{
-		cfg:     cfg,
-		wake:    make(chan struct{}, 1),
-		leases:  make(map[string]*Subscription),
-		roomFor: make(map[string]struct{}),
-		drained: make(map[string]struct{}),
+		cfg:        cfg,
+		activeWait: !fake,
+		wake:       make(chan struct{}, 1),
+		leases:     make(map[string]*Subscription),
+		roomFor:    make(map[string]struct{}),
+		drained:    make(map[string]struct{}),
 	}, nil
 }
 
@@ -259,7 +266,12 @@ func (d *Dispatcher) loop(ctx context.Context, events <-chan store.Event) {
 		// failover: READONLY) says the retry is due now while every claim
 		// fails: without the pause the loop would spin.
 		if claimFailed {
-			wait = max(wait, d.cfg.RetryBackoff)
+			wait, d.targetDue = max(wait, d.cfg.RetryBackoff), false
+		}
+		// A wake-up for a due time is armed timerSlack early and waited
+		// out actively (awaitTarget): Go's timers fire up to that late.
+		if d.targetDue && d.activeWait {
+			wait = max(wait-timerSlack, 0)
 		}
 		if timer == nil {
 			timer = d.cfg.Clock.NewTimer(wait)
@@ -286,6 +298,7 @@ func (d *Dispatcher) sleep(ctx context.Context, timer clockwork.Timer, events <-
 		case <-ctx.Done():
 			return false
 		case <-timer.Chan():
+			d.awaitTarget(ctx)
 			return true
 		case <-d.wake:
 			return true
@@ -297,6 +310,37 @@ func (d *Dispatcher) sleep(ctx context.Context, timer clockwork.Timer, events <-
 				return true
 			}
 		}
+	}
+}
+
+// timerSlack is how late a Go timer may fire on Linux: the runtime's
+// network poller sleeps in whole milliseconds (epoll_wait), so a timer due
+// in 200µs fires after about 1.1ms, one due in 1.3ms after about 2.3ms
+// (golang/go#53824; measured on the benchmark machine: 0.45–0.95ms late at
+// the median). A wake-up for a due time is therefore armed timerSlack
+// early and the rest is slept in short steps of the kernel's
+// high-resolution timer (awaitTarget), which land within about 0.1ms.
+const timerSlack = time.Millisecond
+
+// shortSleep is the step of awaitTarget: short enough to stop within
+// about 0.1ms of the due time, long enough to leave the processor to
+// Redis and the handlers meanwhile (spinning instead made the lag worse
+// whenever the machine was busy).
+const shortSleep = 100 * time.Microsecond
+
+// awaitTarget sleeps out the last stretch before a due time after the
+// timer fired (armed timerSlack early), so that the retry is claimed at
+// its due time and not up to a millisecond later.
+func (d *Dispatcher) awaitTarget(ctx context.Context) {
+	if !d.targetDue || !d.activeWait {
+		return
+	}
+	for ctx.Err() == nil {
+		rest := d.cfg.Clock.Until(d.target)
+		if rest <= 0 {
+			return
+		}
+		sleepShort(min(rest, shortSleep))
 	}
 }
 
@@ -509,7 +553,7 @@ func (d *Dispatcher) nextWake(ctx context.Context) (time.Duration, error) {
 	if len(phases) > 0 {
 		due, ok, err := d.cfg.Store.NextDue(ctx, phases)
 		if err != nil {
-			d.target = d.cfg.Clock.Now().Add(d.cfg.RetryBackoff)
+			d.target, d.targetDue = d.cfg.Clock.Now().Add(d.cfg.RetryBackoff), false
 			return 0, err
 		}
 		if ok {
@@ -523,6 +567,7 @@ func (d *Dispatcher) nextWake(ctx context.Context) (time.Duration, error) {
 			}
 		}
 	}
+	d.targetDue = !target.IsZero()
 	if target.IsZero() {
 		target = d.cfg.Clock.Now().Add(wait)
 	}
