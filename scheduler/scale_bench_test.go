@@ -39,7 +39,12 @@ import (
 //   - report: RecordFailure of a leased retry that fails again and is
 //     scheduled again (the report of the retry cycle).
 //
-// With Redis it also reports redis-cmds/op (INFO commandstats).
+// Latency (ns/op) is one operation at a time, so it includes a round trip
+// to Redis or an fsync of the embedded store, and moves with the machine's
+// load; the work per operation is the steadier measure: with Redis,
+// redis-cmds/op (INFO commandstats) and redis-cpu-us/op (INFO cpu, the
+// Redis server's CPU time per operation), and for both stores B/op and
+// allocs/op of the store client.
 func BenchmarkScale(b *testing.B) {
 	for _, kind := range []string{"redis", "bolt"} {
 		b.Run(kind, func(b *testing.B) {
@@ -201,16 +206,44 @@ func benchScaleReport(b *testing.B, st store.Store, rc *redis.Client) {
 	})
 }
 
-// measureScale times fn and, with Redis, counts the commands it ran.
+// measureScale times fn and, with Redis, counts the commands it ran and
+// the CPU time Redis spent on them.
 func measureScale(b *testing.B, rc *redis.Client, fn func()) {
 	b.Helper()
-	before := redisCommands(b, rc)
+	b.ReportAllocs()
+	cmds, cpu := redisCommands(b, rc), redisCPU(b, rc)
 	b.ResetTimer()
 	fn()
 	b.StopTimer()
 	if rc != nil {
-		b.ReportMetric(float64(redisCommands(b, rc)-before)/float64(b.N), "redis-cmds/op")
+		b.ReportMetric(float64(redisCommands(b, rc)-cmds)/float64(b.N), "redis-cmds/op")
+		b.ReportMetric(float64((redisCPU(b, rc)-cpu).Microseconds())/float64(b.N), "redis-cpu-us/op")
 	}
+}
+
+// redisCPU is the CPU time Redis has used (INFO cpu: user and system).
+func redisCPU(b *testing.B, rc *redis.Client) time.Duration {
+	b.Helper()
+	if rc == nil {
+		return 0
+	}
+	info, err := rc.Info(context.Background(), "cpu").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var total float64
+	for line := range strings.SplitSeq(info, "\n") {
+		for _, field := range []string{"used_cpu_user:", "used_cpu_sys:"} {
+			if v, ok := strings.CutPrefix(strings.TrimSpace(line), field); ok {
+				f, err := strconv.ParseFloat(v, 64)
+				if err != nil {
+					b.Fatal(err)
+				}
+				total += f
+			}
+		}
+	}
+	return time.Duration(total * float64(time.Second))
 }
 
 // redisCommands sums INFO commandstats calls, INFO itself left out.
