@@ -34,6 +34,18 @@ type DispatcherConfig struct {
 	// that an unreachable store does not turn the loop into a busy loop.
 	// Defaults to 250 milliseconds.
 	RetryBackoff time.Duration
+	// ClaimAhead is how long before a retry's due time the dispatcher
+	// claims it. The stream then holds the task and sends it at its due
+	// time exactly (Subscription.AwaitDue), never earlier: what this buys is
+	// that the retries falling due within ClaimAhead of each other are
+	// leased by one Claim (one round trip to Redis, one commit of the
+	// embedded store) instead of one Claim each, and that the claim's own
+	// time is spent before the due time rather than after it. Its cost is
+	// that a claimed task takes its stream's room (and, should the replica
+	// die in between, is only seen again when its lease expires) up to
+	// ClaimAhead sooner. Zero means DefaultClaimAhead; negative turns
+	// claiming ahead off.
+	ClaimAhead time.Duration
 	// OnClaimed, when set, is called for every task handed to a
 	// subscription (metrics). It must not block.
 	OnClaimed func(t store.Task, now time.Time)
@@ -61,8 +73,20 @@ func (c *DispatcherConfig) setDefaults() error {
 	if c.RetryBackoff <= 0 {
 		c.RetryBackoff = 250 * time.Millisecond
 	}
+	switch {
+	case c.ClaimAhead == 0:
+		c.ClaimAhead = DefaultClaimAhead
+	case c.ClaimAhead < 0:
+		c.ClaimAhead = 0
+	}
 	return nil
 }
+
+// DefaultClaimAhead is DispatcherConfig.ClaimAhead's default: twice the
+// Go timer's lateness (timerSlack), so that the loop's own wake-up needs
+// no active wait, and short enough that a held task's lease and the room
+// it takes are a few milliseconds' worth.
+const DefaultClaimAhead = 2 * time.Millisecond
 
 // Dispatcher hands due retries to subscriptions (one per Dispatch stream).
 // It sleeps until the earliest due time of the phases that have a free
@@ -268,10 +292,16 @@ func (d *Dispatcher) loop(ctx context.Context, events <-chan store.Event) {
 		if claimFailed {
 			wait, d.targetDue = max(wait, d.cfg.RetryBackoff), false
 		}
-		// A wake-up for a due time is armed timerSlack early and waited
-		// out actively (awaitTarget): Go's timers fire up to that late.
-		if d.targetDue && d.activeWait {
-			wait = max(wait-timerSlack, 0)
+		// A wake-up for a due time comes ClaimAhead before it (see
+		// DispatcherConfig.ClaimAhead). Go's timers fire up to timerSlack
+		// late, so with a shorter ClaimAhead the timer is armed timerSlack
+		// early and the rest waited out actively (awaitTarget).
+		if d.targetDue {
+			lead := d.cfg.ClaimAhead
+			if d.activeWait {
+				lead = max(lead, timerSlack)
+			}
+			wait = max(wait-lead, 0)
 		}
 		if timer == nil {
 			timer = d.cfg.Clock.NewTimer(wait)
@@ -328,15 +358,23 @@ const timerSlack = time.Millisecond
 // whenever the machine was busy).
 const shortSleep = 100 * time.Microsecond
 
-// awaitTarget sleeps out the last stretch before a due time after the
-// timer fired (armed timerSlack early), so that the retry is claimed at
-// its due time and not up to a millisecond later.
+// awaitTarget sleeps out the last stretch before the claim of a due time
+// (ClaimAhead before it) after the timer fired, armed up to timerSlack
+// earlier, so that the retry is claimed in time and not up to a
+// millisecond later.
 func (d *Dispatcher) awaitTarget(ctx context.Context) {
 	if !d.targetDue || !d.activeWait {
 		return
 	}
+	waitUntil(ctx, d.cfg.Clock, d.target.Add(-d.cfg.ClaimAhead))
+}
+
+// waitUntil sleeps until t on clock in short high-resolution steps; it
+// returns early when ctx ends. Callers have slept on a timer until about
+// timerSlack before t.
+func waitUntil(ctx context.Context, clock clockwork.Clock, t time.Time) {
 	for ctx.Err() == nil {
-		rest := d.cfg.Clock.Until(d.target)
+		rest := clock.Until(t)
 		if rest <= 0 {
 			return
 		}
@@ -404,10 +442,12 @@ func (d *Dispatcher) dispatchDue(ctx context.Context) (claimFailed bool) {
 			continue
 		}
 		now := d.cfg.Clock.Now()
+		// Claimed as of ClaimAhead from now: what falls due by then is
+		// leased now and sent at its due time by the stream (AwaitDue).
 		tasks, err := d.cfg.Store.Claim(ctx, store.ClaimRequest{
 			Phases:   g.phases,
 			Limit:    g.room,
-			Now:      now,
+			Now:      now.Add(d.cfg.ClaimAhead),
 			LeaseFor: g.leaseFor,
 			WorkerID: g.workerID,
 		})
@@ -594,6 +634,35 @@ type Subscription struct {
 
 // Tasks delivers claimed tasks; each is leased to this stream.
 func (s *Subscription) Tasks() <-chan store.Task { return s.tasks }
+
+// AwaitDue waits until the task is due on the dispatcher's clock: a task
+// claimed ahead of its due time (DispatcherConfig.ClaimAhead) must not
+// reach its worker early. It returns at once for a task already due, and
+// ctx's error when ctx ends first (the task was not sent: give it back
+// with Unsent).
+func (s *Subscription) AwaitDue(ctx context.Context, t store.Task) error {
+	clock := s.d.cfg.Clock
+	rest := clock.Until(t.DueAt)
+	if rest <= 0 {
+		return nil
+	}
+	if s.d.activeWait {
+		rest -= timerSlack
+	}
+	if rest > 0 {
+		timer := clock.NewTimer(rest)
+		defer timer.Stop()
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-timer.Chan():
+		}
+	}
+	if s.d.activeWait {
+		waitUntil(ctx, clock, t.DueAt)
+	}
+	return ctx.Err()
+}
 
 // Ended is closed when the dispatcher stops: the stream should end.
 func (s *Subscription) Ended() <-chan struct{} { return s.ended }

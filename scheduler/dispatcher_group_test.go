@@ -145,8 +145,10 @@ func TestDifferentLeaseDurationsClaimApart(t *testing.T) {
 	defer long.Close()
 	require.NoError(t, disp.Start(context.Background()))
 	a, b := receive(t, short, 1)[0], receive(t, long, 1)[0]
-	require.Equal(t, base.Add(2*time.Minute), a.LeaseExpiresAt)
-	require.Equal(t, base.Add(time.Minute+time.Hour), b.LeaseExpiresAt)
+	// A lease runs from the claim's horizon, ClaimAhead after the claim:
+	// the worker has its whole duration from when the task is due.
+	require.Equal(t, base.Add(2*time.Minute+scheduler.DefaultClaimAhead), a.LeaseExpiresAt)
+	require.Equal(t, base.Add(time.Minute+time.Hour+scheduler.DefaultClaimAhead), b.LeaseExpiresAt)
 }
 
 // TestDrainedPhaseIsNotClaimedAgain: once a claim of a pass took everything

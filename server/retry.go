@@ -181,6 +181,11 @@ func (s *retryService) send(ctx context.Context, stream retrydv1.RetryService_Di
 		s.giveUpUndecodable(ctx, sub, t, err)
 		return nil
 	}
+	// A task claimed ahead of its due time is held until then.
+	if err := sub.AwaitDue(ctx, t); err != nil {
+		sub.Unsent(t)
+		return err
+	}
 	if err := stream.Send(&retrydv1.DispatchResponse{Kind: &retrydv1.DispatchResponse_Task{Task: pt}}); err != nil {
 		sub.Unsent(t)
 		return err
