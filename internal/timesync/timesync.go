@@ -13,14 +13,24 @@
 // time as the reference time of that measurement plus the local monotonic
 // time elapsed since: a step of the local wall clock (a bad NTP sync, a
 // manual change) moves nothing, and between measurements the clock can
-// only drift by the local oscillator's rate error (tens of parts per
-// million: microseconds over the 5-second interval). A measurement whose
-// round trip exceeds MaxRTT is discarded, so each replica is within MaxRTT/2
-// (plus that drift) of the reference, and no retry is dispatched earlier
-// than MaxRTT (plus twice the drift) before the due time the reporting
-// replica computed. That bound is the skew tolerance README.md ("Time")
-// documents; the local clock's own skew is measured and cancelled, whatever
-// its size.
+// only drift by the local oscillator's rate error (parts per million:
+// microseconds over the 5-second interval).
+//
+// The reference time a call returns was read somewhere within its round
+// trip; the clock takes it as read at the end of the call, the latest it
+// can have been. So the clock is never ahead of the reference (but for
+// that drift), only behind, by at most the round trip: a retry is never
+// dispatched before its due time on the reference clock, and at most the
+// best round trip (a fraction of a millisecond on a LAN) after it. Taking
+// the middle of the call instead would halve the error but let it go
+// either way; on a loaded host, where a request waits in Redis's queue
+// and its reply comes back fast, that made retries early by milliseconds.
+// A measurement whose round trip exceeds MaxRTT is discarded, so each
+// replica is within MaxRTT (plus the drift) behind the reference, and no
+// retry is dispatched earlier than MaxRTT before the due time the
+// reporting replica computed (that replica's own lag). That bound is the
+// skew tolerance README.md ("Time") documents; the local clock's own skew
+// is measured and cancelled, whatever its size.
 package timesync
 
 import (
@@ -63,8 +73,9 @@ type Config struct {
 	// Samples is how many TIME calls one measurement makes; the one with
 	// the shortest round trip counts. Defaults to 3.
 	Samples int
-	// MaxRTT discards a measurement whose best round trip is longer: half
-	// of it bounds the error of the measured offset. Defaults to 20 ms.
+	// MaxRTT discards a measurement whose best round trip is longer: it
+	// bounds how far behind the reference the clock may read (never
+	// ahead). Defaults to 20 ms.
 	MaxRTT time.Duration
 	// WarnSkew is the local clock skew that earns a warning. Defaults to 1 s.
 	WarnSkew time.Duration
@@ -104,8 +115,8 @@ type Measurement struct {
 	// Skew is the local wall clock minus the reference: positive when the
 	// local clock runs ahead.
 	Skew time.Duration
-	// RTT is the round trip of the TIME call; the reading's error is at
-	// most half of it.
+	// RTT is the round trip of the TIME call: the clock reads at most that
+	// much behind the reference (and Skew is within half of it).
 	RTT time.Duration
 }
 
@@ -116,7 +127,7 @@ type Clock struct {
 
 	mu       sync.RWMutex
 	refAt    time.Time // the reference time at localAt
-	localAt  time.Time // the base clock's Now at the middle of the measuring call
+	localAt  time.Time // the base clock's Now at the end of the measuring call
 	last     Measurement
 	warned   bool
 	measured int
@@ -177,11 +188,12 @@ func (c *Clock) measure(ctx context.Context) (Measurement, bool, error) {
 			lastErr = err
 			continue
 		}
-		mid := t0.Add(rtt / 2)
 		if !got || rtt < best.RTT {
 			got = true
-			best = Measurement{Skew: mid.Sub(ref), RTT: rtt}
-			bestRef, bestLocal = ref, mid
+			// The skew reported is the best estimate (the middle of the
+			// call); the clock runs from the end of it, never ahead.
+			best = Measurement{Skew: t0.Add(rtt / 2).Sub(ref), RTT: rtt}
+			bestRef, bestLocal = ref, t0.Add(rtt)
 		}
 	}
 	if !got {

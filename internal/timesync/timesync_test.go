@@ -24,14 +24,16 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // reference is a reference clock seen from a local fake clock: it runs
 // skew behind the local clock, and each call takes the next round trip of
-// rtts (the last one repeats), half before and half after the reading.
+// rtts (the last one repeats), half before and half after the reading
+// unless readAt says which share of it comes before (0 to 1).
 type reference struct {
-	local *clockwork.FakeClock
-	mu    sync.Mutex
-	skew  time.Duration
-	rtts  []time.Duration
-	err   error
-	calls int
+	local  *clockwork.FakeClock
+	mu     sync.Mutex
+	skew   time.Duration
+	rtts   []time.Duration
+	readAt float64
+	err    error
+	calls  int
 }
 
 func (r *reference) read(context.Context) (time.Time, error) {
@@ -42,9 +44,13 @@ func (r *reference) read(context.Context) (time.Time, error) {
 		return time.Time{}, r.err
 	}
 	rtt := r.rtts[min(r.calls-1, len(r.rtts)-1)]
-	r.local.Advance(rtt / 2)
+	before := rtt / 2
+	if r.readAt != 0 {
+		before = time.Duration(float64(rtt) * r.readAt)
+	}
+	r.local.Advance(before)
 	now := r.local.Now().Add(-r.skew)
-	r.local.Advance(rtt - rtt/2)
+	r.local.Advance(rtt - before)
 	return now, nil
 }
 
@@ -66,7 +72,9 @@ func TestNowIsTheReference(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 5*time.Second, c.Last().Skew)
 	require.Equal(t, time.Millisecond, c.Last().RTT)
-	want := ref.local.Now().Add(-5 * time.Second)
+	// The reading, taken in the middle of the call, counts as of its end:
+	// the clock is half the round trip behind, never ahead.
+	want := ref.local.Now().Add(-5*time.Second - time.Millisecond/2)
 	require.Equal(t, want, c.Now())
 	ref.local.Advance(90 * time.Second)
 	require.Equal(t, want.Add(90*time.Second), c.Now())
@@ -122,7 +130,23 @@ func TestSlowReadingsAreDiscarded(t *testing.T) {
 	ref.local.Advance(timesync.DefaultInterval)
 	m := <-measured
 	require.Equal(t, 3*time.Second, m.Skew)
-	require.Equal(t, ref.local.Now().Add(-3*time.Second), c.Now())
+	require.Equal(t, ref.local.Now().Add(-3*time.Second-time.Millisecond/2), c.Now())
+}
+
+// TestNeverAhead: wherever in the round trip the reference was read — at
+// its very end when the request waited in a busy Redis and the reply came
+// straight back — the clock does not read ahead of the reference, and is
+// behind it by at most the round trip.
+func TestNeverAhead(t *testing.T) {
+	for _, at := range []float64{1e-9, 0.25, 0.5, 0.75, 1} {
+		ref := newReference(2*time.Second, 4*time.Millisecond)
+		ref.readAt = at
+		c, err := timesync.New(context.Background(), timesync.Config{Source: ref.read, Base: ref.local, Logger: quiet})
+		require.NoError(t, err)
+		truth := ref.local.Now().Add(-2 * time.Second)
+		require.False(t, c.Now().After(truth), "read at %.2f of the round trip: the clock is %v ahead", at, c.Now().Sub(truth))
+		require.LessOrEqual(t, truth.Sub(c.Now()), 4*time.Millisecond, "read at %.2f: behind by more than the round trip", at)
+	}
 }
 
 // TestUnreadableReference: New fails with the source's error.
@@ -171,7 +195,10 @@ func TestRedisTime(t *testing.T) {
 			m := c.Last()
 			require.InDelta(t, float64(7*time.Second), float64(m.Skew), float64(m.RTT/2+time.Millisecond),
 				"skew %v, round trip %v", m.Skew, m.RTT)
-			require.InDelta(t, float64(time.Now().UnixNano()), float64(c.Now().UnixNano()), float64(m.RTT/2+time.Millisecond))
+			// Never ahead of the real time (Redis's, on this host), behind by at most the round trip.
+			behind := time.Since(c.Now())
+			require.GreaterOrEqual(t, behind, -100*time.Microsecond, "the clock reads %v ahead of Redis's", -behind)
+			require.LessOrEqual(t, behind, m.RTT+time.Millisecond)
 		})
 	}
 }
