@@ -15,7 +15,7 @@ import (
 // KEYS[2] attempts hash  {P}:a:<job>
 // KEYS[3] due set        {P}:due:<ARGV[3]>
 // KEYS[4] index before   {P}:idx:f:<ARGV[4]>
-// KEYS[5] index after    {P}:idx:b:<ARGV[3]>
+// KEYS[5] index after    {P}:idx:p:<ARGV[3]>
 // KEYS[6] phase set      {P}:phases
 // ARGV[1] job id; ARGV[2] from phase, "" for the most recent failure's;
 // ARGV[3] the phase the caller resolved; ARGV[4] the job's phase it read;
@@ -69,7 +69,7 @@ func (s *Store) RetryJob(ctx context.Context, jobID, fromPhase string, now time.
 		}
 		res, err := s.run(ctx, "retry job", retryJobScript,
 			[]string{s.k.job(jobID), s.k.attempts(jobID), s.k.due(target), s.k.index(bucketFailed, ph),
-				s.k.index(bucketBackoff, target), s.k.phases()},
+				s.k.index(bucketProcessing, target), s.k.phases()},
 			jobID, fromPhase, target, ph, dueOf(now), microsOf(now), s.k.events())
 		if err != nil {
 			return store.Job{}, err
@@ -119,7 +119,7 @@ local j = redis.call('HMGET', job, 'st', 'ph', 'pd', 'lf')
 if not j[1] then return {NOT_FOUND} end
 if j[1] == '3' then return {TERMINAL, j[1]} end
 if j[1] ~= '4' then
-  local b = bucket(j[1], j[3])
+  local b = bucket(j[1])
   if j[2] ~= ARGV[3] or b ~= ARGV[4] then return {MOVED, j[2], b} end
   if j[3] then
     local p = fields(j[3])
@@ -140,14 +140,13 @@ return {OK, redis.call('HGETALL', job), j[4] and redis.call('HGET', att, j[4]) o
 // CancelJob cancels a processing or failed job, dropping its pending attempt.
 func (s *Store) CancelJob(ctx context.Context, jobID, reason string, now time.Time) (store.Job, error) {
 	for range maxMovedAttempts {
-		h, err := s.client.HMGet(ctx, s.k.job(jobID), "st", "ph", "pd").Result()
+		h, err := s.client.HMGet(ctx, s.k.job(jobID), "st", "ph").Result()
 		if err != nil {
 			return store.Job{}, s.wrap("cancel job", err)
 		}
 		st, _ := h[0].(string)
 		ph, _ := h[1].(string)
-		pd, _ := h[2].(string)
-		b := bucketOf(st, pd)
+		b := bucketOf(st)
 		res, err := s.run(ctx, "cancel job", cancelJobScript,
 			[]string{s.k.job(jobID), s.k.attempts(jobID), s.k.due(ph), s.k.leases(),
 				s.k.index(b, ph), s.k.index(bucketCanceled, ph)},
@@ -179,13 +178,10 @@ func (s *Store) CancelJob(ctx context.Context, jobID, reason string, now time.Ti
 }
 
 // bucketOf is the Go twin of the scripts' bucket function.
-func bucketOf(state, pd string) bucket {
+func bucketOf(state string) bucket {
 	switch state {
 	case "1":
-		if f, err := splitFields(pd); err == nil && len(f) == 3 {
-			return bucketBackoff
-		}
-		return bucketActive
+		return bucketProcessing
 	case "2":
 		return bucketFailed
 	case "3":

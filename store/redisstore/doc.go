@@ -62,9 +62,10 @@
 //	{P}:due:<phase>           zset     scheduled, unleased attempts: member job id, score due µs
 //	{P}:leases                zset     leased attempts: member job id, score lease expiry µs
 //	{P}:idx:<bucket>:<phase>  zset     ListJobs index: member job id, score updated µs; phase is
-//	                                   the job's current phase; bucket a = processing, nothing
-//	                                   in backoff; b = in backoff; f = failed; c = completed;
-//	                                   x = canceled
+//	                                   the job's current phase; bucket p = processing (whatever
+//	                                   its pending attempt: a claim moves nothing, ListJobs
+//	                                   filters "in backoff" on the jobs it reads); f = failed;
+//	                                   c = completed; x = canceled
 //	{P}:phases                set      every phase that has been a job's current phase (which
 //	                                   due and index keys may exist)
 //	{P}:stats:<hour>          hash     counters of the attempts finished in that hour (Unix
@@ -117,7 +118,7 @@
 // Measured with redis-server 7.0 on a unix socket (BenchmarkRecordFailure,
 // BenchmarkClaim; commands from INFO commandstats, each command a script
 // calls included): a first report is 9 commands, a leased retry's failure
-// 11, a repeated report 3, a Claim of one task 9 (7.2 per task when
+// 10, a repeated report 3, a Claim of one task 7 (5.2 per task when
 // claiming 10). A pending retry (job, first attempt, due and index
 // entries, 36-byte job id, typical labels and error message) takes about
 // 1.3 KB of Redis memory besides its payload; raising

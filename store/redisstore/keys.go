@@ -49,16 +49,16 @@ func (k keys) sync() string { return k.tag + ":sync" }
 func (k keys) events() string { return k.tag + ":events" }
 
 // bucket partitions the ListJobs indexes: every job is in exactly one
-// bucket, derived from its state and pending attempt.
+// bucket, derived from its state alone. A processing job stays in one index
+// whatever its pending attempt does (scheduled, leased, none), so that a
+// claim or a report moves no index entry: a report re-scores the entry with
+// one ZADD, and ListJobs applies the "in backoff" filter to the jobs it
+// reads (store.Job.InBackoff).
 type bucket string
 
 const (
-	// bucketActive: processing, no attempt in backoff (a leased retry runs,
-	// or the worker runs the phase outside retryd).
-	bucketActive bucket = "a"
-	// bucketBackoff: processing, a retry is scheduled and not leased.
-	bucketBackoff   bucket = "b"
-	bucketFailed    bucket = "f"
-	bucketCompleted bucket = "c"
-	bucketCanceled  bucket = "x"
+	bucketProcessing bucket = "p"
+	bucketFailed     bucket = "f"
+	bucketCompleted  bucket = "c"
+	bucketCanceled   bucket = "x"
 )

@@ -18,8 +18,7 @@ func TestKeys(t *testing.T) {
 		{"attempts", k.attempts("job-1"), "{retryd}:a:job-1"},
 		{"due", k.due("extraction"), "{retryd}:due:extraction"},
 		{"leases", k.leases(), "{retryd}:leases"},
-		{"index active", k.index(bucketActive, "chunking"), "{retryd}:idx:a:chunking"},
-		{"index backoff", k.index(bucketBackoff, "chunking"), "{retryd}:idx:b:chunking"},
+		{"index processing", k.index(bucketProcessing, "chunking"), "{retryd}:idx:p:chunking"},
 		{"index failed", k.index(bucketFailed, "kg_ingest"), "{retryd}:idx:f:kg_ingest"},
 		{"index completed", k.index(bucketCompleted, "x"), "{retryd}:idx:c:x"},
 		{"index canceled", k.index(bucketCanceled, "x"), "{retryd}:idx:x:x"},
@@ -44,7 +43,7 @@ func TestKeysShareOneSlot(t *testing.T) {
 	want := hashSlot("retryd")
 	for _, key := range []string{
 		k.job("{other}"), k.attempts("}{"), k.due("{phase}"), k.leases(),
-		k.index(bucketBackoff, "{p}"), k.phases(), k.statsHour(1), k.hours(), k.events(),
+		k.index(bucketProcessing, "{p}"), k.phases(), k.statsHour(1), k.hours(), k.events(),
 	} {
 		if got := hashSlot(key); got != want {
 			t.Errorf("slot(%q) = %d, want %d (the slot of the tag)", key, got, want)

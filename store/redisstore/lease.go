@@ -20,10 +20,12 @@ import (
 // due-set entry whose job is not scheduled in that phase (which the scripts
 // never leave behind) is removed rather than retried forever.
 //
+// A claim changes neither the job's update time nor its ListJobs index
+// entry (a processing job has one index whatever its pending attempt does).
+//
 // KEYS[1] lease set {P}:leases
-// KEYS[2+5i] … KEYS[6+5i] for candidate i = 0, 1, …: due set {P}:due:<phase>,
-// job hash {P}:j:<job>, attempts hash {P}:a:<job>, {P}:idx:b:<phase>,
-// {P}:idx:a:<phase>
+// KEYS[2+3i] … KEYS[4+3i] for candidate i = 0, 1, …: due set {P}:due:<phase>,
+// job hash {P}:j:<job>, attempts hash {P}:a:<job>
 // ARGV[1] now, µs; ARGV[2] lease expiry, µs; ARGV[3] worker id
 // ARGV[4+3i], ARGV[5+3i], ARGV[6+3i] for candidate i: job id, phase, new lease id
 // Returns one {job id, phase, retry_count, cycle, due µs, payload, labels,
@@ -32,17 +34,15 @@ var claimScript = newScript(`
 local now, exp, worker = ARGV[1], ARGV[2], ARGV[3]
 local out = {}
 for i = 0, (#ARGV - 3) / 3 - 1 do
-  local due, job, att, idxb, idxa = KEYS[2 + 5 * i], KEYS[3 + 5 * i], KEYS[4 + 5 * i], KEYS[5 + 5 * i], KEYS[6 + 5 * i]
+  local due, job, att = KEYS[2 + 3 * i], KEYS[3 + 3 * i], KEYS[4 + 3 * i]
   local id, phase, lease = ARGV[4 + 3 * i], ARGV[5 + 3 * i], ARGV[6 + 3 * i]
-  local j = redis.call('HMGET', job, 'st', 'pd', 'cy', 'lb', 'p:' .. phase, 'ua')
+  local j = redis.call('HMGET', job, 'st', 'pd', 'cy', 'lb', 'p:' .. phase)
   local p = j[2] and fields(j[2])
   if j[1] ~= '1' or not p or #p ~= 3 or p[1] ~= phase then
     redis.call('ZREM', due, id)
   elseif tonumber(p[3]) <= tonumber(now) and redis.call('ZREM', due, id) == 1 then
     redis.call('HSET', job, 'pd', j[2] .. ns(lease) .. ns(exp) .. ns(worker) .. ns(now))
     redis.call('ZADD', KEYS[1], exp, id)
-    redis.call('ZREM', idxb, id)
-    redis.call('ZADD', idxa, j[6], id)
     local payload = ''
     if j[5] then payload = redis.call('HGET', att, '#' .. j[5]) or '' end
     table.insert(out, {id, phase, p[2], j[3], p[3], payload, j[4] or '', lease})
@@ -78,13 +78,12 @@ func (s *Store) Claim(ctx context.Context, c store.ClaimRequest) ([]store.Task, 
 		if len(cands) == 0 {
 			break
 		}
-		keys := make([]string, 0, 1+5*len(cands))
+		keys := make([]string, 0, 1+3*len(cands))
 		args := make([]any, 0, 3+3*len(cands))
 		keys = append(keys, s.k.leases())
 		args = append(args, nowArg, expArg, c.WorkerID)
 		for _, cd := range cands {
-			keys = append(keys, s.k.due(cd.phase), s.k.job(cd.id), s.k.attempts(cd.id),
-				s.k.index(bucketBackoff, cd.phase), s.k.index(bucketActive, cd.phase))
+			keys = append(keys, s.k.due(cd.phase), s.k.job(cd.id), s.k.attempts(cd.id))
 			args = append(args, cd.id, cd.phase, newLeaseID())
 		}
 		res, err := s.run(ctx, "claim", claimScript, keys, args...)
@@ -226,12 +225,11 @@ func (s *Store) ExtendLease(ctx context.Context, jobID, leaseID string, until, n
 // KEYS[1] job hash   {P}:j:<job>
 // KEYS[2] lease set  {P}:leases
 // KEYS[3] due set    {P}:due:<ARGV[3]>
-// KEYS[4] {P}:idx:a:<ARGV[3]>; KEYS[5] {P}:idx:b:<ARGV[3]>
 // ARGV[1] job id; ARGV[2] lease id; ARGV[3] the phase the caller read;
 // ARGV[4] events channel
 // Returns {OK}; {LEASE_NOT_HELD}; {MOVED, phase}.
 var returnLeaseScript = newScript(`
-local j = redis.call('HMGET', KEYS[1], 'pd', 'ph', 'ua')
+local j = redis.call('HMGET', KEYS[1], 'pd', 'ph')
 local p = j[1] and fields(j[1]) or {}
 if p[4] ~= ARGV[2] then return {LEASE_NOT_HELD} end
 if p[1] ~= ARGV[3] or j[2] ~= ARGV[3] then return {MOVED, p[1]} end
@@ -239,8 +237,6 @@ local scheduled = ns(p[1]) .. ns(p[2]) .. ns(p[3])
 redis.call('HSET', KEYS[1], 'pd', scheduled)
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], p[3], ARGV[1])
-redis.call('ZREM', KEYS[4], ARGV[1])
-redis.call('ZADD', KEYS[5], j[3], ARGV[1])
 redis.call('PUBLISH', ARGV[4], 'r' .. ns(ARGV[2]) .. 's' .. ns(p[1]) .. ns(p[3]))
 return {OK}
 `)
@@ -265,7 +261,7 @@ func (s *Store) ReturnLease(ctx context.Context, jobID, leaseID string) error {
 		return notHeld
 	}
 	res, err := s.run(ctx, "return lease", returnLeaseScript,
-		[]string{s.k.job(jobID), s.k.leases(), s.k.due(p.phase), s.k.index(bucketActive, p.phase), s.k.index(bucketBackoff, p.phase)},
+		[]string{s.k.job(jobID), s.k.leases(), s.k.due(p.phase)},
 		jobID, leaseID, p.phase, s.k.events())
 	if err != nil {
 		return err

@@ -171,10 +171,11 @@ func (e indexEntry) before(o indexEntry) bool {
 // ListJobs returns a page of jobs, most recently updated first. Each
 // (bucket, phase) index is read from the cursor on, the reads are merged,
 // and the jobs are read and checked against the filter (a job may have
-// moved between the two reads). At most 1000 index entries are looked at
-// per call (a filter few jobs pass must not make one call read a whole
-// index); a page may then be short, with a cursor to go on. A zero Limit
-// means 50.
+// moved between the two reads; "in backoff" has no index of its own and is
+// only checked here, on the processing jobs). At most 1000 index entries
+// are looked at per call (a filter few jobs pass must not make one call
+// read a whole index); a page may then be short, with a cursor to go on. A
+// zero Limit means 50.
 func (s *Store) ListJobs(ctx context.Context, q store.ListQuery) (store.JobPage, error) {
 	limit := q.Limit
 	if limit <= 0 {
@@ -254,15 +255,15 @@ func (s *Store) ListJobs(ctx context.Context, q store.ListQuery) (store.JobPage,
 func bucketsFor(q store.ListQuery) []bucket {
 	if q.InBackoff {
 		if q.State == 0 || q.State == store.StateProcessing {
-			return []bucket{bucketBackoff}
+			return []bucket{bucketProcessing}
 		}
 		return nil
 	}
 	switch q.State {
 	case 0:
-		return []bucket{bucketActive, bucketBackoff, bucketFailed, bucketCompleted, bucketCanceled}
+		return []bucket{bucketProcessing, bucketFailed, bucketCompleted, bucketCanceled}
 	case store.StateProcessing:
-		return []bucket{bucketActive, bucketBackoff}
+		return []bucket{bucketProcessing}
 	case store.StateFailed:
 		return []bucket{bucketFailed}
 	case store.StateCompleted:

@@ -14,8 +14,8 @@ import (
 // KEYS[2] attempts hash        {P}:a:<job>
 // KEYS[3] due set of the phase {P}:due:<ARGV[2]>
 // KEYS[4] lease set            {P}:leases
-// KEYS[5] index before         {P}:idx:a:<ARGV[21]> (an existing job that passes the checks is active)
-// KEYS[6] index after          {P}:idx:b:<ARGV[2]> (retry) or {P}:idx:f:<ARGV[2]> (give up)
+// KEYS[5] index before         {P}:idx:p:<ARGV[21]> (an existing job that passes the checks is processing)
+// KEYS[6] index after          {P}:idx:p:<ARGV[2]> (retry) or {P}:idx:f:<ARGV[2]> (give up)
 // KEYS[7] phase set            {P}:phases
 // KEYS[8] stats hash of the hour of ARGV[6]  {P}:stats:<hour>
 // KEYS[9] stats hour set       {P}:hours
@@ -112,7 +112,8 @@ else
 end
 redis.call('HSET', job, unpack(hset))
 if #hdel > 0 then redis.call('HDEL', job, unpack(hdel)) end
-if st then redis.call('ZREM', KEYS[5], id) end
+-- The same index (a retry in the job's phase) is re-scored by the ZADD.
+if st and KEYS[5] ~= KEYS[6] then redis.call('ZREM', KEYS[5], id) end
 redis.call('ZADD', KEYS[6], now, id)
 if ph ~= phase then redis.call('SADD', KEYS[7], phase) end
 if redis.call('HINCRBY', KEYS[8], ARGV[18], 1) == 1 then
@@ -125,7 +126,7 @@ return {OK}
 // RecordFailure applies a failed attempt and its verdict in one script.
 func (s *Store) RecordFailure(ctx context.Context, f store.Failure) (store.FailureResult, error) {
 	var outcome byte = 'r'
-	after := bucketBackoff
+	after := bucketProcessing
 	if f.Verdict.Decision != store.DecisionRetry {
 		outcome, after = 'g', bucketFailed
 	}
@@ -146,7 +147,7 @@ func (s *Store) RecordFailure(ctx context.Context, f store.Failure) (store.Failu
 	for range maxMovedAttempts {
 		keys := []string{
 			s.k.job(f.JobID), s.k.attempts(f.JobID), s.k.due(f.Phase), s.k.leases(),
-			s.k.index(bucketActive, expected), s.k.index(after, f.Phase), s.k.phases(),
+			s.k.index(bucketProcessing, expected), s.k.index(after, f.Phase), s.k.phases(),
 			s.k.statsHour(hour), s.k.hours(),
 		}
 		res, err := s.run(ctx, "record failure", recordFailureScript, keys,
@@ -193,8 +194,8 @@ func (s *Store) RecordFailure(ctx context.Context, f store.Failure) (store.Failu
 // KEYS[1] job hash         {P}:j:<job>
 // KEYS[2] attempts hash    {P}:a:<job>
 // KEYS[3] lease set        {P}:leases
-// KEYS[4] index before     {P}:idx:a:<ARGV[18]>
-// KEYS[5] index after      {P}:idx:a:<ARGV[11]> (next phase) or {P}:idx:c:<ARGV[2]> (completed)
+// KEYS[4] index before     {P}:idx:p:<ARGV[18]>
+// KEYS[5] index after      {P}:idx:p:<ARGV[11]> (next phase) or {P}:idx:c:<ARGV[2]> (completed)
 // KEYS[6] phase set        {P}:phases
 // KEYS[7] stats hash of the hour of ARGV[5]
 // KEYS[8] stats hour set   {P}:hours
@@ -287,7 +288,7 @@ if pd then table.insert(hdel, 'pd') end
 redis.call('HSET', job, unpack(hset))
 if #hdel > 0 then redis.call('HDEL', job, unpack(hdel)) end
 if lease ~= '' then redis.call('ZREM', KEYS[3], id) end
-if st then redis.call('ZREM', KEYS[4], id) end
+if st and KEYS[4] ~= KEYS[5] then redis.call('ZREM', KEYS[4], id) end
 redis.call('ZADD', KEYS[5], now, id)
 if ph ~= newph then redis.call('SADD', KEYS[6], newph) end
 if redis.call('HINCRBY', KEYS[7], ARGV[15], 1) == 1 then
@@ -301,7 +302,7 @@ return {OK}
 func (s *Store) RecordSuccess(ctx context.Context, sc store.Success) (store.SuccessResult, error) {
 	after, afterBucket, afterPhase := store.StateCompleted, bucketCompleted, sc.Phase
 	if sc.NextPhase != "" {
-		after, afterBucket, afterPhase = store.StateProcessing, bucketActive, sc.NextPhase
+		after, afterBucket, afterPhase = store.StateProcessing, bucketProcessing, sc.NextPhase
 	}
 	hour := statsHourOf(sc.Now)
 	hasPayload, hasLabels, hasNext := "0", "0", "0"
@@ -323,7 +324,7 @@ func (s *Store) RecordSuccess(ctx context.Context, sc store.Success) (store.Succ
 	for range maxMovedAttempts {
 		keys := []string{
 			s.k.job(sc.JobID), s.k.attempts(sc.JobID), s.k.leases(),
-			s.k.index(bucketActive, expected), s.k.index(afterBucket, afterPhase), s.k.phases(),
+			s.k.index(bucketProcessing, expected), s.k.index(afterBucket, afterPhase), s.k.phases(),
 			s.k.statsHour(hour), s.k.hours(),
 		}
 		res, err := s.run(ctx, "record success", recordSuccessScript, keys,

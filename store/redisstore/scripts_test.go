@@ -52,7 +52,7 @@ func scheduledState() state {
 		},
 		"{t}:a:job-1":          hash{"#1": payload0, "1:0:extraction": rec0},
 		"{t}:due:extraction":   zset{{"job-1", usn(time.Minute)}},
-		"{t}:idx:b:extraction": zset{{"job-1", usn(0)}},
+		"{t}:idx:p:extraction": zset{{"job-1", usn(0)}},
 		"{t}:phases":           set{"extraction"},
 		statsHour0:             hash{"r0" + fld("extraction") + "requests.exceptions.ConnectionError": "1"},
 		"{t}:hours":            hoursSet,
@@ -60,12 +60,11 @@ func scheduledState() state {
 }
 
 // leasedState: retry #1 was claimed at t0+2m by w1 under lease L1 for 30s.
+// A claim changes neither the update time nor the ListJobs index entry.
 func leasedState() state {
 	st := scheduledState()
 	st["{t}:j:job-1"].(hash)["pd"] = fld("extraction", "1", us(time.Minute), leaseL1, us(150*time.Second), "w1", us(2*time.Minute))
 	delete(st, "{t}:due:extraction")
-	delete(st, "{t}:idx:b:extraction")
-	st["{t}:idx:a:extraction"] = zset{{"job-1", usn(0)}}
 	st["{t}:leases"] = zset{{"job-1", usn(150 * time.Second)}}
 	return st
 }
@@ -81,7 +80,7 @@ func failedState() state {
 		"2", "0", "ValidationError is not retryable.", "0", "0", "", "",
 		"2", us(2*time.Minute), "w1", "1")
 	delete(st, "{t}:leases")
-	delete(st, "{t}:idx:a:extraction")
+	delete(st, "{t}:idx:p:extraction")
 	st["{t}:idx:f:extraction"] = zset{{"job-1", usn(3 * time.Minute)}}
 	st[statsHour0].(hash)["g1"+fld("extraction")+"ValidationError"] = "1"
 	return st
@@ -154,9 +153,8 @@ func TestRecordFailureRetriesLeased(t *testing.T) {
 		"1", "1", "LeaseExpired is retryable.", "2", "300000000000", ns(450*time.Second), "",
 		"2", us(2*time.Minute), "w1", "1")
 	delete(want, "{t}:leases")
-	delete(want, "{t}:idx:a:extraction")
 	want["{t}:due:extraction"] = zset{{"job-1", usn(450 * time.Second)}}
-	want["{t}:idx:b:extraction"] = zset{{"job-1", usn(150 * time.Second)}}
+	want["{t}:idx:p:extraction"] = zset{{"job-1", usn(150 * time.Second)}}
 	want[statsHour0].(hash)["r1"+fld("extraction")+"LeaseExpired"] = "1"
 	h.requireState(want, "the reaper's report")
 	require.Equal(t, []string{"r" + fld(leaseL1) + "s" + fld("extraction", us(450*time.Second))}, events())
@@ -183,8 +181,8 @@ func TestRecordSuccessHandsOff(t *testing.T) {
 	a["1:1:extraction"] = fld("2", us(3*time.Minute), "", "", "0", `{"pages":3}`, "", "", "", "", "", "", "1",
 		"2", us(2*time.Minute), "w1", "1")
 	delete(want, "{t}:leases")
-	delete(want, "{t}:idx:a:extraction")
-	want["{t}:idx:a:chunking"] = zset{{"job-1", usn(3 * time.Minute)}}
+	delete(want, "{t}:idx:p:extraction")
+	want["{t}:idx:p:chunking"] = zset{{"job-1", usn(3 * time.Minute)}}
 	want["{t}:phases"] = set{"chunking", "extraction"}
 	want[statsHour0].(hash)["s1"+fld("extraction")] = "1"
 	h.requireState(want, "the hand-off")
@@ -198,11 +196,11 @@ func TestReportInAnotherPhase(t *testing.T) {
 	// The job is in chunking with nothing pending (a hand-off happened).
 	handedOff := scheduledState()
 	delete(handedOff, "{t}:due:extraction")
-	delete(handedOff, "{t}:idx:b:extraction")
+	delete(handedOff, "{t}:idx:p:extraction")
 	j := handedOff["{t}:j:job-1"].(hash)
 	delete(j, "pd")
 	j["ph"] = "chunking"
-	handedOff["{t}:idx:a:chunking"] = zset{{"job-1", usn(0)}}
+	handedOff["{t}:idx:p:chunking"] = zset{{"job-1", usn(0)}}
 	handedOff["{t}:phases"] = set{"chunking", "extraction"}
 	h.seed(handedOff)
 
@@ -218,7 +216,7 @@ func TestReportInAnotherPhase(t *testing.T) {
 	j["fe"], j["ft"], j["tr"] = f.ErrorMessage, f.ErrorType, "0"
 	want["{t}:a:job-1"].(hash)["1:0:kg_ingest"] = fld("1", us(time.Minute), f.ErrorType, f.ErrorMessage, "503", "",
 		"2", "0", "no", "0", "0", "", "", "2", us(time.Minute), "", "")
-	delete(want, "{t}:idx:a:chunking")
+	delete(want, "{t}:idx:p:chunking")
 	want["{t}:idx:f:kg_ingest"] = zset{{"job-1", usn(time.Minute)}}
 	want["{t}:phases"] = set{"chunking", "extraction", "kg_ingest"}
 	want[statsHour0].(hash)["g0"+fld("kg_ingest")+f.ErrorType] = "1"
@@ -258,7 +256,7 @@ func TestCancelJobScript(t *testing.T) {
 	delete(j, "pd")
 	j["st"], j["fe"], j["ua"] = "4", "operator: \"stop\"", us(140*time.Second)
 	delete(want, "{t}:leases")
-	delete(want, "{t}:idx:a:extraction")
+	delete(want, "{t}:idx:p:extraction")
 	want["{t}:idx:x:extraction"] = zset{{"job-1", usn(140 * time.Second)}}
 	h.requireState(want, "CancelJob")
 	require.Equal(t, []string{"r" + fld(leaseL1)}, events())
@@ -278,7 +276,7 @@ func TestRetryJobScript(t *testing.T) {
 	delete(j, "tr")
 	j["st"], j["cy"], j["ua"], j["pd"] = "1", "2", us(time.Hour), fld("extraction", "0", us(time.Hour))
 	delete(want, "{t}:idx:f:extraction")
-	want["{t}:idx:b:extraction"] = zset{{"job-1", usn(time.Hour)}}
+	want["{t}:idx:p:extraction"] = zset{{"job-1", usn(time.Hour)}}
 	want["{t}:due:extraction"] = zset{{"job-1", usn(time.Hour)}}
 	h.requireState(want, "RetryJob")
 	require.Equal(t, []string{"s" + fld("extraction", us(time.Hour))}, events())
@@ -293,7 +291,7 @@ func TestExpireScripts(t *testing.T) {
 		"{t}:j:job-2":          other["{t}:j:job-1"],
 		"{t}:a:job-2":          other["{t}:a:job-1"],
 		"{t}:due:extraction":   zset{{"job-2", usn(time.Minute)}},
-		"{t}:idx:b:extraction": zset{{"job-2", usn(0)}},
+		"{t}:idx:p:extraction": zset{{"job-2", usn(0)}},
 	})
 	before := h.dump()
 
@@ -340,7 +338,7 @@ func TestExpireByCountScripts(t *testing.T) {
 		"{t}:j:job-3":          other["{t}:j:job-1"],
 		"{t}:a:job-3":          other["{t}:a:job-1"],
 		"{t}:due:extraction":   zset{{"job-3", usn(time.Minute)}},
-		"{t}:idx:b:extraction": zset{{"job-3", usn(0)}},
+		"{t}:idx:p:extraction": zset{{"job-3", usn(0)}},
 	})
 	before := h.dump()
 	s := New(h.rdb, Options{Prefix: "t", MaxTerminalJobs: 1})
