@@ -133,6 +133,8 @@ type Store struct {
 	closed bool
 	done   chan struct{} // closed by Close: ends subscriptions
 	subs   sync.WaitGroup
+
+	batch *batcher // sends the scripts of concurrent calls together (batch.go)
 }
 
 var (
@@ -186,7 +188,7 @@ func New(client redis.UniversalClient, opts Options) *Store {
 }
 
 func newStore(client redis.UniversalClient, opts Options) *Store {
-	return &Store{client: client, opts: opts, k: newKeys(opts.Prefix), done: make(chan struct{})}
+	return &Store{client: client, opts: opts, k: newKeys(opts.Prefix), done: make(chan struct{}), batch: newBatcher(client)}
 }
 
 // Ping reports whether Redis answers.
@@ -206,6 +208,7 @@ func (s *Store) Close() error {
 	close(s.done)
 	s.mu.Unlock()
 	s.subs.Wait()
+	s.batch.close()
 	if s.owned {
 		return s.client.Close()
 	}
@@ -346,9 +349,9 @@ end
 func newScript(body string) *redis.Script { return redis.NewScript(luaPrelude + body) }
 
 // run runs a script (EVALSHA, falling back to EVAL once per server) and
-// returns its reply as a list.
+// returns its reply as a list. Concurrent calls share pipelines (batch.go).
 func (s *Store) run(ctx context.Context, op string, script *redis.Script, keys []string, args ...any) ([]any, error) {
-	res, err := script.Run(ctx, s.client, keys, args...).Slice()
+	res, err := s.batch.run(ctx, script, keys, args)
 	if err != nil {
 		return nil, s.wrap(op, err)
 	}
