@@ -3,6 +3,7 @@ package boltstore
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"runtime"
 	"sync"
@@ -149,4 +150,140 @@ func TestGroupCommitFailureIsolated(t *testing.T) {
 		}
 	}
 	require.Equal(t, want, keys(t, db))
+}
+
+// txid is the id of the last committed transaction.
+func txid(t *testing.T, db *bolt.DB) int {
+	t.Helper()
+	var id int
+	require.NoError(t, db.View(func(tx *bolt.Tx) error { id = tx.ID(); return nil }))
+	return id
+}
+
+// fileBytes reads the whole file, to show that a skipped commit wrote nothing.
+func fileBytes(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	return b
+}
+
+// update commits exactly the transactions that changed something: every
+// kind of change bbolt has materialises a node (what changed relies on),
+// and no read does, so reads alone leave the file as it was.
+func TestUpdateSkipsEmptyCommits(t *testing.T) {
+	t.Parallel()
+	db, _ := openCommitDB(t)
+	require.NoError(t, db.Update(func(tx *bolt.Tx) error {
+		if _, err := tx.CreateBucket([]byte("sub")); err != nil {
+			return err
+		}
+		return put("a")(tx)
+	}))
+	reads := func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte("b"))
+		_ = b.Get([]byte("a"))
+		c := b.Cursor()
+		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+		}
+		c.Seek([]byte("zzz"))
+		_ = b.Stats()
+		if err := b.Delete([]byte("absent")); err != nil {
+			return err
+		}
+		if _, err := tx.CreateBucketIfNotExists([]byte("sub")); err != nil {
+			return err
+		}
+		_ = tx.Bucket([]byte("sub")).Sequence()
+		return nil
+	}
+	for name, fn := range map[string]func(*bolt.Tx) error{
+		"reads": reads,
+		"refused": func(tx *bolt.Tx) error {
+			_ = reads(tx)
+			return errors.New("refused")
+		},
+	} {
+		id, before := txid(t, db), fileBytes(t, db.Path())
+		err := update(db, fn)
+		if name == "refused" {
+			require.EqualError(t, err, "refused")
+		} else {
+			require.NoError(t, err)
+		}
+		require.Equal(t, id, txid(t, db), "%s: no commit", name)
+		require.Equal(t, before, fileBytes(t, db.Path()), "%s: the file is untouched", name)
+	}
+
+	for _, c := range []struct {
+		name string
+		fn   func(*bolt.Tx) error
+	}{
+		{"put", put("b")},
+		{"delete", func(tx *bolt.Tx) error { return tx.Bucket([]byte("b")).Delete([]byte("a")) }},
+		{"create bucket", func(tx *bolt.Tx) error { _, err := tx.CreateBucket([]byte("new")); return err }},
+		{"delete bucket", func(tx *bolt.Tx) error { return tx.DeleteBucket([]byte("new")) }},
+		{"set sequence", func(tx *bolt.Tx) error { return tx.Bucket([]byte("sub")).SetSequence(7) }},
+		{"next sequence", func(tx *bolt.Tx) error {
+			_, err := tx.Bucket([]byte("sub")).NextSequence()
+			return err
+		}},
+	} {
+		id := txid(t, db)
+		require.NoError(t, update(db, c.fn), c.name)
+		require.Equal(t, id+1, txid(t, db), "%s commits", c.name)
+	}
+	require.Equal(t, []string{"b"}, keys(t, db))
+
+	require.PanicsWithValue(t, "boom", func() {
+		_ = update(db, func(tx *bolt.Tx) error {
+			_ = put("c")(tx)
+			panic("boom")
+		})
+	})
+	require.NoError(t, update(db, put("d")), "a panic releases the writer lock")
+	require.Equal(t, []string{"b", "d"}, keys(t, db), "a panicked change is rolled back")
+}
+
+// A batch commits when any of its changes wrote, and is rolled back when
+// none did; every caller gets nil either way.
+func TestGroupCommitSkipsEmptyBatches(t *testing.T) {
+	t.Parallel()
+	db, g := openCommitDB(t)
+	read := func(tx *bolt.Tx) error { _ = tx.Bucket([]byte("b")).Get([]byte("x")); return nil }
+	for _, c := range []struct {
+		name   string
+		writes int
+	}{{"reads only", 0}, {"one write among reads", 1}} {
+		id := txid(t, db)
+		started, release := make(chan struct{}), make(chan struct{})
+		first := make(chan error, 1)
+		go func() {
+			first <- g.run(func(tx *bolt.Tx) error { close(started); <-release; return read(tx) })
+		}()
+		<-started
+		var wg sync.WaitGroup
+		errs := make([]error, 6)
+		for i := range errs {
+			fn := read
+			if i < c.writes {
+				fn = put(c.name)
+			}
+			wg.Go(func() { errs[i] = g.run(fn) })
+		}
+		for queued := 0; queued < len(errs); {
+			runtime.Gosched()
+			g.mu.Lock()
+			queued = len(g.queue)
+			g.mu.Unlock()
+		}
+		close(release)
+		wg.Wait()
+		require.NoError(t, <-first)
+		for _, err := range errs {
+			require.NoError(t, err)
+		}
+		require.Equal(t, id+c.writes, txid(t, db), "%s: commits", c.name)
+	}
+	require.Equal(t, []string{"one write among reads"}, keys(t, db))
 }

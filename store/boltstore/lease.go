@@ -29,8 +29,25 @@ func (s *Store) Claim(ctx context.Context, c store.ClaimRequest) ([]store.Task, 
 	phases := slices.Compact(slices.Sorted(slices.Values(c.Phases)))
 	nowUS := store.NowMicros(c.Now)
 	expiresUS := store.DueMicros(c.Now.Add(c.LeaseFor))
+	// Look before queueing for a commit: a claim that finds nothing due
+	// (the dispatcher claims again whenever a lease is released, due or
+	// not) then costs a read transaction, not a wait for the commit in
+	// flight and a write transaction of its own. A retry that falls due
+	// between this look and a later claim is that claim's, as it would be
+	// had this claim run a moment earlier.
+	var anyDue bool
+	err := s.view(ctx, func(t *txn) (err error) {
+		anyDue, err = t.anyDue(phases, nowUS)
+		return err
+	})
+	if err != nil || !anyDue {
+		if err != nil {
+			err = fmt.Errorf("claim %v: %w", c.Phases, err)
+		}
+		return nil, err
+	}
 	var tasks []store.Task
-	err := s.write(ctx, func(t *txn) error {
+	err = s.write(ctx, func(t *txn) error {
 		tasks = nil
 		// The first Limit due entries of each phase, merged by due time.
 		var due []dueEntry
@@ -95,6 +112,26 @@ func (s *Store) Claim(ctx context.Context, c store.ClaimRequest) ([]store.Task, 
 		return nil, fmt.Errorf("claim %v: %w", c.Phases, err)
 	}
 	return tasks, nil
+}
+
+// anyDue reports whether one of phases (sorted) has an attempt due at or
+// before nowUS.
+func (t *txn) anyDue(phases []string, nowUS int64) (bool, error) {
+	cur := t.due.Cursor()
+	for _, phase := range phases {
+		prefix := duePrefix(phase)
+		k, _ := cur.Seek(prefix)
+		if k == nil || !bytes.HasPrefix(k, prefix) {
+			continue
+		}
+		if len(k) < len(prefix)+8 {
+			return false, fmt.Errorf("%w: due key %q is too short", errCorrupt, k)
+		}
+		if readTime(k[len(prefix):]) <= nowUS {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // leased reads the job and checks that leaseID is its current lease.

@@ -148,7 +148,7 @@ func (s *Store) expireChunk(ctx context.Context, pick func(*txn) ([]string, erro
 		return 0, err
 	}
 	n := 0
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := update(s.db, func(tx *bolt.Tx) error {
 		n = 0
 		t := newTxn(tx)
 		ids, err := pick(t)
@@ -217,7 +217,7 @@ func (s *Store) expireStats(ctx context.Context, cutoff int64) (int, error) {
 	}
 	hour := store.StatsBucket.Microseconds()
 	hours := 0
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := update(s.db, func(tx *bolt.Tx) error {
 		hours = 0
 		b := tx.Bucket(bucketStats)
 		var old [][]byte
