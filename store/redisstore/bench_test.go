@@ -134,6 +134,23 @@ func BenchmarkRecordFailure(b *testing.B) {
 	})
 }
 
+// BenchmarkRecordSuccess: a dispatched retry succeeds and completes its job.
+func BenchmarkRecordSuccess(b *testing.B) {
+	ctx := context.Background()
+	b.Run("leased-complete", func(b *testing.B) {
+		s, c := benchStore(b)
+		tasks := leasedTasks(b, s, b.N)
+		measure(b, c, func(i int) {
+			t := tasks[i]
+			if _, err := s.RecordSuccess(ctx, store.Success{
+				JobID: t.JobID, Phase: t.Phase, RetryCount: t.RetryCount, LeaseID: t.LeaseID, Now: t0.Add(2 * time.Minute),
+			}); err != nil {
+				b.Fatal(err)
+			}
+		})
+	})
+}
+
 func BenchmarkClaim(b *testing.B) {
 	ctx := context.Background()
 	for _, limit := range []int{1, 10} {

@@ -90,6 +90,9 @@
 //	n         attempts recorded (the newest attempt's sequence number)
 //	nb        payloads stored (the newest payload's number)
 //	p:<phase> number n of the phase's current payload, stored as "#n" in {P}:a:<job>
+//	r:<phase> "<cycle>:<retry_count>": the highest retry_count of the phase recorded in
+//	          that cycle; a report of the pending attempt under its lease skips the
+//	          duplicate probe of {P}:a:<job> when its retry_count is above it (report.go)
 //
 // A payload is stored once per job and change: an attempt reported
 // without a payload, or with the same bytes as the phase's current payload,
@@ -118,8 +121,8 @@
 // Measured with redis-server 7.0 on a unix socket (BenchmarkRecordFailure,
 // BenchmarkClaim; commands from INFO commandstats, each command a script
 // calls included): a first report is 9 commands, a leased retry's failure
-// 10, a repeated report 3, a Claim of one task 7 (5.2 per task when
-// claiming 10). A pending retry (job, first attempt, due and index
+// 9, a leased success 10, a repeated report 3, a Claim of one task 7 (5.2
+// per task when claiming 10). A pending retry (job, first attempt, due and index
 // entries, 36-byte job id, typical labels and error message) takes about
 // 1.3 KB of Redis memory besides its payload; raising
 // hash-max-listpack-value to 1024 in redis.conf keeps the attempts hash in

@@ -7,6 +7,41 @@ import (
 	"github.com/retryd/retryd/store"
 )
 
+// reportLua holds the helpers of the two report scripts that spare the
+// attempts-hash probe (the duplicate check) when it cannot find anything.
+//
+// A report of the job's pending attempt, under its lease, is of an attempt
+// that was scheduled and never recorded, so the probe would find nothing;
+// the checks that follow it (terminal, lease) pass too, since a job with a
+// leased attempt is processing. One case breaks "never recorded": a worker
+// may report retry_count values out of order without a lease (say #1
+// succeeds with next_phase the same phase, then #0 fails and schedules #1),
+// so the job hash also keeps, per phase, the highest retry_count recorded in
+// the current cycle ("r:<phase>" = "<cycle>:<retry_count>"), and the probe
+// is only spared when the pending attempt is above it. The probe still runs
+// for every unleased report and for reports that carry a payload (it also
+// reads the stored payload they are compared with).
+const reportLua = `
+-- unrecorded: the report (lease, phase, rc) is of the pending attempt p,
+-- which no attempt of the phase recorded in cycle cy reaches (hr is the
+-- job's "r:<phase>" field).
+local function unrecorded(p, lease, phase, rc, cy, hr)
+  if lease == '' or p[4] ~= lease or p[1] ~= phase or p[2] ~= rc then return false end
+  if not hr then return true end
+  local c = string.find(hr, ':', 1, true)
+  return string.sub(hr, 1, c - 1) ~= cy or tonumber(string.sub(hr, c + 1)) < tonumber(rc)
+end
+-- highest adds "r:<phase>" to the job's HSET arguments when rc is the
+-- highest retry_count of the phase recorded in cycle cy.
+local function highest(hset, phase, rc, cy, hr)
+  if hr then
+    local c = string.find(hr, ':', 1, true)
+    if string.sub(hr, 1, c - 1) == cy and tonumber(string.sub(hr, c + 1)) >= tonumber(rc) then return end
+  end
+  table.insert(hset, 'r:' .. phase); table.insert(hset, cy .. ':' .. rc)
+end
+`
+
 // recordFailureScript applies a failed attempt and its verdict, after the
 // checks of the store package doc, in their order.
 //
@@ -38,10 +73,10 @@ import (
 // Returns {OK}; {DUPLICATE, record}; {CONFLICT}; {TERMINAL, state};
 // {LEASE_NOT_HELD}; {LEASE_ACTIVE, expiry}; {PENDING, phase, retry_count};
 // {MOVED, phase}: KEYS[5] is not the job's index, nothing was done.
-var recordFailureScript = newScript(`
+var recordFailureScript = newScript(reportLua + `
 local job, att = KEYS[1], KEYS[2]
 local id, phase, rc, lease, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[6]
-local j = redis.call('HMGET', job, 'st', 'ph', 'cy', 'pd', 'n', 'nb', 'p:' .. phase)
+local j = redis.call('HMGET', job, 'st', 'ph', 'cy', 'pd', 'n', 'nb', 'p:' .. phase, 'r:' .. phase)
 local st, ph, cy, pd, n, nb, blob = j[1], j[2], j[3], j[4], j[5], j[6], j[7]
 local p = pd and fields(pd) or {}
 local cur = false
@@ -50,13 +85,15 @@ if not st then
   cy = '1'
 end
 local afield = cy .. ':' .. rc .. ':' .. phase
-if st then
+if st and not (ARGV[8] ~= '1' and unrecorded(p, lease, phase, rc, cy, j[8])) then
   local a = redis.call('HMGET', att, afield, '#' .. (blob or ''))
   if a[1] then
     if first(a[1]) == '1' then return {DUPLICATE, a[1]} end
     return {CONFLICT}
   end
   cur = a[2]
+end
+if st then
   if st ~= '1' then return {TERMINAL, st} end
   if lease ~= '' then
     if p[4] ~= lease or p[1] ~= phase or p[2] ~= rc then return {LEASE_NOT_HELD} end
@@ -68,6 +105,7 @@ if st then
 end
 
 local hset = {'ph', phase, 'ua', now, 'lf', afield}
+highest(hset, phase, rc, cy, j[8])
 local hdel = {}
 local aset = {}
 if ARGV[8] == '1' and ARGV[9] ~= cur then
@@ -216,10 +254,10 @@ func (s *Store) RecordFailure(ctx context.Context, f store.Failure) (store.Failu
 // ARGV[19] the job state afterwards: "1" processing, "3" completed
 // Returns {OK}; {DUPLICATE, record}; {CONFLICT}; {TERMINAL, state};
 // {LEASE_NOT_HELD}; {PENDING, phase, retry_count}; {MOVED, phase}.
-var recordSuccessScript = newScript(`
+var recordSuccessScript = newScript(reportLua + `
 local job, att = KEYS[1], KEYS[2]
 local id, phase, rc, lease, now, nextp = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[11]
-local j = redis.call('HMGET', job, 'st', 'ph', 'cy', 'pd', 'n', 'nb', 'p:' .. phase, 'p:' .. nextp)
+local j = redis.call('HMGET', job, 'st', 'ph', 'cy', 'pd', 'n', 'nb', 'p:' .. phase, 'p:' .. nextp, 'r:' .. phase)
 local st, ph, cy, pd, n, nb, blob, nblob = j[1], j[2], j[3], j[4], j[5], j[6], j[7], j[8]
 local p = pd and fields(pd) or {}
 local cur, ncur = false, false
@@ -228,13 +266,15 @@ if not st then
   cy = '1'
 end
 local afield = cy .. ':' .. rc .. ':' .. phase
-if st then
+if st and not (ARGV[7] ~= '1' and ARGV[12] ~= '1' and unrecorded(p, lease, phase, rc, cy, j[9])) then
   local a = redis.call('HMGET', att, afield, '#' .. (blob or ''), '#' .. (nblob or ''))
   if a[1] then
     if first(a[1]) == '2' then return {DUPLICATE, a[1]} end
     return {CONFLICT}
   end
   cur, ncur = a[2], a[3]
+end
+if st then
   if st ~= '1' then return {TERMINAL, st} end
   if lease ~= '' then
     if p[4] ~= lease or p[1] ~= phase or p[2] ~= rc then return {LEASE_NOT_HELD} end
@@ -245,6 +285,7 @@ if st then
 end
 
 local hset = {'ua', now}
+highest(hset, phase, rc, cy, j[9])
 local hdel = {}
 local aset = {}
 local newblob = function(bytes)

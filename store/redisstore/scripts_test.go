@@ -3,6 +3,7 @@ package redisstore
 import (
 	"fmt"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -47,7 +48,7 @@ func scheduledState() state {
 	return state{
 		"{t}:j:job-1": hash{
 			"st": "1", "ph": "extraction", "cy": "1", "lb": labels1, "ca": us(0), "ua": us(0),
-			"lf": "1:0:extraction", "n": "1", "nb": "1", "p:extraction": "1",
+			"lf": "1:0:extraction", "n": "1", "nb": "1", "p:extraction": "1", "r:extraction": "1:0",
 			"pd": fld("extraction", "1", us(time.Minute)),
 		},
 		"{t}:a:job-1":          hash{"#1": payload0, "1:0:extraction": rec0},
@@ -74,7 +75,7 @@ func failedState() state {
 	st := leasedState()
 	j := st["{t}:j:job-1"].(hash)
 	delete(j, "pd")
-	j["st"], j["ua"], j["lf"], j["n"] = "2", us(3*time.Minute), "1:1:extraction", "2"
+	j["st"], j["ua"], j["lf"], j["n"], j["r:extraction"] = "2", us(3*time.Minute), "1:1:extraction", "2", "1:1"
 	j["fe"], j["ft"], j["tr"] = "chunk 7 is empty", "ValidationError", "1"
 	st["{t}:a:job-1"].(hash)["1:1:extraction"] = fld("1", us(3*time.Minute), "ValidationError", "chunk 7 is empty", "422", "",
 		"2", "0", "ValidationError is not retryable.", "0", "0", "", "",
@@ -149,6 +150,7 @@ func TestRecordFailureRetriesLeased(t *testing.T) {
 	want := leasedState()
 	j := want["{t}:j:job-1"].(hash)
 	j["pd"], j["ua"], j["lf"], j["n"] = fld("extraction", "2", us(450*time.Second)), us(150*time.Second), "1:1:extraction", "2"
+	j["r:extraction"] = "1:1"
 	want["{t}:a:job-1"].(hash)["1:1:extraction"] = fld("1", us(150*time.Second), "LeaseExpired", "lease of w1 expired", "0", "",
 		"1", "1", "LeaseExpired is retryable.", "2", "300000000000", ns(450*time.Second), "",
 		"2", us(2*time.Minute), "w1", "1")
@@ -175,7 +177,7 @@ func TestRecordSuccessHandsOff(t *testing.T) {
 	want := leasedState()
 	j := want["{t}:j:job-1"].(hash)
 	delete(j, "pd")
-	j["ph"], j["ua"], j["n"], j["nb"], j["p:chunking"] = "chunking", us(3*time.Minute), "2", "2", "2"
+	j["ph"], j["ua"], j["n"], j["nb"], j["p:chunking"], j["r:extraction"] = "chunking", us(3*time.Minute), "2", "2", "2", "1:1"
 	a := want["{t}:a:job-1"].(hash)
 	a["#2"] = `{"text":"s3://t/d1"}`
 	a["1:1:extraction"] = fld("2", us(3*time.Minute), "", "", "0", `{"pages":3}`, "", "", "", "", "", "", "1",
@@ -213,7 +215,7 @@ func TestReportInAnotherPhase(t *testing.T) {
 	want := handedOff.clone()
 	j = want["{t}:j:job-1"].(hash)
 	j["ph"], j["st"], j["ua"], j["lf"], j["n"] = "kg_ingest", "2", us(time.Minute), "1:0:kg_ingest", "2"
-	j["fe"], j["ft"], j["tr"] = f.ErrorMessage, f.ErrorType, "0"
+	j["fe"], j["ft"], j["tr"], j["r:kg_ingest"] = f.ErrorMessage, f.ErrorType, "0", "1:0"
 	want["{t}:a:job-1"].(hash)["1:0:kg_ingest"] = fld("1", us(time.Minute), f.ErrorType, f.ErrorMessage, "503", "",
 		"2", "0", "no", "0", "0", "", "", "2", us(time.Minute), "", "")
 	delete(want, "{t}:idx:p:chunking")
@@ -428,4 +430,94 @@ func TestRefusalsChangeNothing(t *testing.T) {
 
 	h.requireState(leasedState(), "refused reports")
 	require.Empty(t, events())
+}
+
+// hmgets returns how many HMGET commands Redis has run since the last call
+// (it resets the counters), to tell whether a report probed the attempts hash.
+func (h *harness) hmgets() int64 {
+	h.t.Helper()
+	info, err := h.rdb.Info(h.ctx, "commandstats").Result()
+	require.NoError(h.t, err)
+	require.NoError(h.t, h.rdb.ConfigResetStat(h.ctx).Err())
+	for _, line := range strings.Split(info, "\n") {
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_hmget:calls="); ok {
+			n, err := strconv.ParseInt(rest[:strings.IndexByte(rest, ',')], 10, 64)
+			require.NoError(h.t, err)
+			return n
+		}
+	}
+	return 0
+}
+
+// TestLeasedReportSkipsProbe: the report of the pending attempt under its
+// lease reads only the job hash (it cannot be a duplicate); repeating it
+// afterwards (the lease is gone) probes, and answers DUPLICATE with the
+// first verdict or CONFLICT, changing nothing.
+func TestLeasedReportSkipsProbe(t *testing.T) {
+	h := setup(t)
+	h.seed(leasedState())
+	f := giveUpReport()
+	f.Verdict = store.Verdict{
+		Decision: store.DecisionRetry, Retryable: true, Reason: "retry 2 of 3 in 5m.",
+		NextRetryCount: 2, Delay: 5 * time.Minute, DueAt: f.Now.Add(5 * time.Minute),
+	}
+	h.hmgets()
+	res, err := h.s.RecordFailure(h.ctx, f)
+	require.NoError(t, err)
+	require.False(t, res.Duplicate)
+	require.Equal(t, int64(1), h.hmgets(), "the job hash only: no attempts-hash probe")
+	after := h.dump()
+	require.Equal(t, "1:1", after["{t}:j:job-1"].(hash)["r:extraction"])
+
+	events := h.tap()
+	again := f
+	again.Verdict.Reason = "another verdict"
+	res, err = h.s.RecordFailure(h.ctx, again)
+	require.NoError(t, err)
+	require.Equal(t, store.FailureResult{Verdict: f.Verdict, Duplicate: true}, res)
+	require.Equal(t, int64(2), h.hmgets(), "a repeat probes the attempts hash")
+	_, err = h.s.RecordSuccess(h.ctx, store.Success{JobID: "job-1", Phase: "extraction", RetryCount: 1, LeaseID: leaseL1, Now: f.Now})
+	require.ErrorIs(t, err, store.ErrConflict)
+	old := firstFailure()
+	old.LeaseID = leaseL1
+	res, err = h.s.RecordFailure(h.ctx, old)
+	require.NoError(t, err)
+	require.Equal(t, store.FailureResult{Verdict: firstFailure().Verdict, Duplicate: true}, res,
+		"an older attempt, recorded: the duplicate check comes before the lease check")
+	h.requireState(after, "repeated reports")
+	require.Empty(t, events())
+}
+
+// TestOutOfOrderAttemptIsProbed: a pending attempt can have been recorded
+// when a worker reported retry_counts out of order without a lease; its
+// leased report must then still be checked against the attempts hash
+// ("r:<phase>" says so), not recorded over the earlier attempt.
+func TestOutOfOrderAttemptIsProbed(t *testing.T) {
+	h := setup(t)
+	_, err := h.s.RecordSuccess(h.ctx, store.Success{JobID: "job-1", Phase: "extraction", RetryCount: 1, NextPhase: "extraction", Now: t0})
+	require.NoError(t, err)
+	f := firstFailure()
+	f.Payload, f.Labels, f.Now = nil, nil, t0.Add(time.Second) // #0 after #1, scheduling #1 again
+	_, err = h.s.RecordFailure(h.ctx, f)
+	require.NoError(t, err)
+	require.Equal(t, "1:1", h.rdb.HGet(h.ctx, "{t}:j:job-1", "r:extraction").Val(), "#0 does not lower the highest")
+	tasks, err := h.s.Claim(h.ctx, store.ClaimRequest{Phases: []string{"extraction"}, Limit: 1, Now: t0.Add(time.Hour), LeaseFor: time.Minute, WorkerID: "w1"})
+	require.NoError(t, err)
+	require.Len(t, tasks, 1)
+	require.Equal(t, uint32(1), tasks[0].RetryCount)
+	before := h.dump()
+
+	leased := giveUpReport()
+	leased.LeaseID, leased.Now = tasks[0].LeaseID, t0.Add(time.Hour)
+	h.hmgets()
+	_, err = h.s.RecordFailure(h.ctx, leased)
+	require.ErrorIs(t, err, store.ErrConflict, "#1 was recorded as a success")
+	require.Equal(t, int64(2), h.hmgets(), "probed")
+	res, err := h.s.RecordSuccess(h.ctx, store.Success{JobID: "job-1", Phase: "extraction", RetryCount: 1, LeaseID: tasks[0].LeaseID, Now: t0.Add(time.Hour)})
+	require.NoError(t, err)
+	require.Equal(t, store.SuccessResult{State: store.StateProcessing, Duplicate: true}, res)
+	h.requireState(before, "reports of an attempt recorded before it was scheduled")
+	job, err := h.s.GetJob(h.ctx, "job-1")
+	require.NoError(t, err)
+	require.Len(t, job.Attempts, 2)
 }
