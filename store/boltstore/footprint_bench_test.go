@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	mrand "math/rand/v2"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -52,8 +53,10 @@ func footprintFailure(id string, now, due time.Time) store.Failure {
 }
 
 // seedFootprint records n first failures from 50 concurrent clients (so
-// that commits are grouped as under load), each due at due.
-func seedFootprint(b *testing.B, s *Store, n int, now, due time.Time) {
+// that commits are grouped as under load), the i-th at now + i µs with its
+// retry due delay later, give or take jitter (a fraction: 0.1 is ±10%,
+// drawn at random).
+func seedFootprint(b *testing.B, s *Store, n int, now time.Time, delay time.Duration, jitter float64) {
 	b.Helper()
 	var (
 		next atomic.Int64
@@ -61,8 +64,13 @@ func seedFootprint(b *testing.B, s *Store, n int, now, due time.Time) {
 	)
 	for range reportClients {
 		wg.Go(func() {
-			for next.Add(1) <= int64(n) {
-				if _, err := s.RecordFailure(context.Background(), footprintFailure(footprintID(), now, due)); err != nil {
+			for i := next.Add(1); i <= int64(n); i = next.Add(1) {
+				at := now.Add(time.Duration(i) * time.Microsecond)
+				d := delay
+				if jitter > 0 {
+					d += time.Duration((mrand.Float64()*2 - 1) * jitter * float64(delay))
+				}
+				if _, err := s.RecordFailure(context.Background(), footprintFailure(footprintID(), at, at.Add(d))); err != nil {
 					b.Error(err)
 					return
 				}
@@ -74,39 +82,47 @@ func seedFootprint(b *testing.B, s *Store, n int, now, due time.Time) {
 
 // BenchmarkFootprint is the embedded store's share of retrybench's memory
 // point: the bytes of file and of B+tree pages per pending retry, payload
-// aside, after 20,000 first failures with retries due in an hour. The
-// bucket metrics (jobs-B/retry, …) are each bucket's allocated pages per
-// retry, which say where the file goes.
+// aside, after 20,000 first failures (one a microsecond) with retries due
+// an hour later: exactly (retrybench's --jitter 0), and give or take 20%
+// (retryd's default jitter), which inserts into the due index out of key
+// order. The bucket metrics (jobs-B/retry, …) are each bucket's allocated
+// pages per retry, which say where the file goes.
 //
 //	go test -run '^$' -bench Footprint -benchtime 1x ./store/boltstore/
 func BenchmarkFootprint(b *testing.B) {
 	const m = 20_000
-	for b.Loop() {
-		b.StopTimer()
-		s := benchStore(b, "GroupCommit")
-		before := fileSize(b, s.Path())
-		b.StartTimer()
-		seedFootprint(b, s, m, benchBase, benchBase.Add(time.Hour))
-		b.StopTimer()
-		grown := fileSize(b, s.Path()) - before
-		b.ReportMetric(float64(grown)/m-float64(len(footprintPayload)), "file-B/retry")
-		var total int
-		err := s.db.View(func(tx *bolt.Tx) error {
-			for _, name := range allBuckets {
-				st := tx.Bucket(name).Stats()
-				alloc := st.BranchAlloc + st.LeafAlloc
-				total += alloc
-				if alloc > 0 && string(name) != "meta" {
-					b.ReportMetric(float64(alloc)/m, string(name)+"-B/retry")
+	for _, jitter := range []float64{0, 0.2} {
+		b.Run(fmt.Sprintf("jitter-%.0f%%", jitter*100), func(b *testing.B) {
+			for b.Loop() {
+				b.StopTimer()
+				s := benchStore(b, "GroupCommit")
+				before := fileSize(b, s.Path())
+				b.StartTimer()
+				seedFootprint(b, s, m, benchBase, time.Hour, jitter)
+				b.StopTimer()
+				grown := fileSize(b, s.Path()) - before
+				b.ReportMetric(float64(grown)/m-float64(len(footprintPayload)), "file-B/retry")
+				var total int
+				err := s.db.View(func(tx *bolt.Tx) error {
+					for _, name := range allBuckets {
+						st := tx.Bucket(name).Stats()
+						alloc := st.BranchAlloc + st.LeafAlloc
+						total += alloc
+						if alloc > 0 && string(name) != "meta" {
+							b.ReportMetric(float64(alloc)/m, string(name)+"-B/retry")
+						}
+					}
+					return nil
+				})
+				if err != nil {
+					b.Fatal(err)
 				}
+				b.ReportMetric(float64(total)/m-float64(len(footprintPayload)), "pages-B/retry")
+				st := s.db.Stats()
+				b.ReportMetric(float64((st.FreePageN+st.PendingPageN)*s.db.Info().PageSize)/m, "free-B/retry")
+				b.StartTimer()
 			}
-			return nil
 		})
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.ReportMetric(float64(total)/m-float64(len(footprintPayload)), "pages-B/retry")
-		b.StartTimer()
 	}
 }
 
@@ -132,7 +148,7 @@ func BenchmarkReportPages(b *testing.B) {
 	for _, pending := range []int{1_000, 100_000} {
 		b.Run(fmt.Sprintf("pending-%d", pending), func(b *testing.B) {
 			s := benchStore(b, "GroupCommit")
-			seedFootprint(b, s, pending, benchBase, benchBase.Add(24*time.Hour))
+			seedFootprint(b, s, pending, benchBase, 24*time.Hour, 0)
 			ctx := context.Background()
 			written := func() int64 { st := s.db.Stats(); return st.TxStats.GetWrite() }
 			var claimPages, reportPages int64

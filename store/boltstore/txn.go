@@ -25,7 +25,7 @@ type txn struct {
 }
 
 func newTxn(tx *bolt.Tx) *txn {
-	return &txn{
+	t := &txn{
 		tx:       tx,
 		jobs:     tx.Bucket(bucketJobs),
 		attempts: tx.Bucket(bucketAttempts),
@@ -35,7 +35,24 @@ func newTxn(tx *bolt.Tx) *txn {
 		listing:  tx.Bucket(bucketListing),
 		stats:    tx.Bucket(bucketStats),
 	}
+	if tx.Writable() {
+		// Keys made of the current time are appended in key order: a
+		// page split at bbolt's default fill of 50% would leave every
+		// page of these indexes half empty for good (the listing took
+		// 255 bytes per job at 0.5, 140 at 0.9, BenchmarkFootprint). The
+		// due index is not one of them: jittered delays insert all over
+		// a phase's range, and there a high fill leaves pages full and
+		// nearly empty in turn (105 bytes per retry at 0.5, 204 at 0.9
+		// with 20% jitter).
+		t.listing.FillPercent = orderedFill
+		t.leases.FillPercent = orderedFill
+	}
+	return t
 }
+
+// orderedFill is the fill of a page that bbolt splits in an index written
+// in key order.
+const orderedFill = 0.9
 
 // job reads a job; nil when there is none.
 func (t *txn) job(id string) (*jobRecord, error) {
