@@ -121,7 +121,7 @@ if j[1] == '3' then return {TERMINAL, j[1]} end
 if j[1] ~= '4' then
   local b = bucket(j[1])
   if j[2] ~= ARGV[3] or b ~= ARGV[4] then return {MOVED, j[2], b} end
-  if j[3] then
+  if j[3] and j[3] ~= '' then
     local p = fields(j[3])
     redis.call('ZREM', KEYS[3], id)
     if p[4] then

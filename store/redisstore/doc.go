@@ -82,8 +82,10 @@
 //	cy        cycle (1, +1 per RetryJob)
 //	lb        labels, encoded as fields key, value, key, value… sorted by key; absent = none
 //	ca, ua    created, updated µs
-//	pd        the pending attempt, absent when none: fields phase, retry_count, due µs;
-//	          leased: also lease id, lease expiry µs, worker id, leased-at µs
+//	pd        the pending attempt, absent or empty when none (a report that ends it sets
+//	          it empty with the job's other fields instead of deleting it with an HDEL):
+//	          fields phase, retry_count, due µs; leased: also lease id, lease expiry µs,
+//	          worker id, leased-at µs
 //	lf        the attempts-hash field of the most recent failed attempt
 //	fe, ft    final error and error type (give-up verdict; a cancel's reason in fe)
 //	tr        total retries (the retry_count of the give-up)
@@ -121,7 +123,7 @@
 // Measured with redis-server 7.0 on a unix socket (BenchmarkRecordFailure,
 // BenchmarkClaim; commands from INFO commandstats, each command a script
 // calls included): a first report is 9 commands, a leased retry's failure
-// 9, a leased success 10, a repeated report 3, a Claim of one task 7 (5.2
+// 9, a leased success 9, a repeated report 3, a Claim of one task 7 (5.2
 // per task when claiming 10). A pending retry (job, first attempt, due and index
 // entries, 36-byte job id, typical labels and error message) takes about
 // 1.3 KB of Redis memory besides its payload; raising

@@ -247,7 +247,7 @@ func (s *Store) ReturnLease(ctx context.Context, jobID, leaseID string) error {
 	// The keys depend on the phase, which only the job knows: read it, and
 	// let the script check that it is still so.
 	pd, err := s.client.HGet(ctx, s.k.job(jobID), "pd").Result()
-	if errors.Is(err, redis.Nil) {
+	if errors.Is(err, redis.Nil) || (err == nil && pd == "") {
 		return notHeld
 	}
 	if err != nil {

@@ -78,6 +78,7 @@ local job, att = KEYS[1], KEYS[2]
 local id, phase, rc, lease, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[6]
 local j = redis.call('HMGET', job, 'st', 'ph', 'cy', 'pd', 'n', 'nb', 'p:' .. phase, 'r:' .. phase)
 local st, ph, cy, pd, n, nb, blob = j[1], j[2], j[3], j[4], j[5], j[6], j[7]
+if pd == '' then pd = false end
 local p = pd and fields(pd) or {}
 local cur = false
 if not st then
@@ -146,7 +147,9 @@ if ARGV[12] == '1' then
   events = events .. 's' .. ns(phase) .. ns(ARGV[14])
 else
   for _, v in ipairs({'st', '2', 'fe', ARGV[17], 'ft', ARGV[16], 'tr', rc}) do table.insert(hset, v) end
-  if pd then table.insert(hdel, 'pd') end
+  -- An empty pd is "nothing pending", set with the other fields rather
+  -- than deleted by a command of its own.
+  if pd then table.insert(hset, 'pd'); table.insert(hset, '') end
 end
 redis.call('HSET', job, unpack(hset))
 if #hdel > 0 then redis.call('HDEL', job, unpack(hdel)) end
@@ -259,6 +262,7 @@ local job, att = KEYS[1], KEYS[2]
 local id, phase, rc, lease, now, nextp = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[11]
 local j = redis.call('HMGET', job, 'st', 'ph', 'cy', 'pd', 'n', 'nb', 'p:' .. phase, 'p:' .. nextp, 'r:' .. phase)
 local st, ph, cy, pd, n, nb, blob, nblob = j[1], j[2], j[3], j[4], j[5], j[6], j[7], j[8]
+if pd == '' then pd = false end
 local p = pd and fields(pd) or {}
 local cur, ncur = false, false
 if not st then
@@ -325,7 +329,7 @@ if ARGV[9] == '1' then
   if ARGV[10] == '' then table.insert(hdel, 'lb')
   else table.insert(hset, 'lb'); table.insert(hset, ARGV[10]) end
 end
-if pd then table.insert(hdel, 'pd') end
+if pd then table.insert(hset, 'pd'); table.insert(hset, '') end
 redis.call('HSET', job, unpack(hset))
 if #hdel > 0 then redis.call('HDEL', job, unpack(hdel)) end
 if lease ~= '' then redis.call('ZREM', KEYS[3], id) end

@@ -74,7 +74,7 @@ func leasedState() state {
 func failedState() state {
 	st := leasedState()
 	j := st["{t}:j:job-1"].(hash)
-	delete(j, "pd")
+	j["pd"] = "" // nothing pending
 	j["st"], j["ua"], j["lf"], j["n"], j["r:extraction"] = "2", us(3*time.Minute), "1:1:extraction", "2", "1:1"
 	j["fe"], j["ft"], j["tr"] = "chunk 7 is empty", "ValidationError", "1"
 	st["{t}:a:job-1"].(hash)["1:1:extraction"] = fld("1", us(3*time.Minute), "ValidationError", "chunk 7 is empty", "422", "",
@@ -176,7 +176,7 @@ func TestRecordSuccessHandsOff(t *testing.T) {
 
 	want := leasedState()
 	j := want["{t}:j:job-1"].(hash)
-	delete(j, "pd")
+	j["pd"] = ""
 	j["ph"], j["ua"], j["n"], j["nb"], j["p:chunking"], j["r:extraction"] = "chunking", us(3*time.Minute), "2", "2", "2", "1:1"
 	a := want["{t}:a:job-1"].(hash)
 	a["#2"] = `{"text":"s3://t/d1"}`
@@ -520,4 +520,37 @@ func TestOutOfOrderAttemptIsProbed(t *testing.T) {
 	job, err := h.s.GetJob(h.ctx, "job-1")
 	require.NoError(t, err)
 	require.Len(t, job.Attempts, 2)
+}
+
+// TestEmptyPendingIsNothingPending: a report that ends the pending attempt
+// leaves "pd" empty; every script and read takes that as nothing pending.
+func TestEmptyPendingIsNothingPending(t *testing.T) {
+	h := setup(t)
+	h.seed(leasedState())
+	_, err := h.s.RecordSuccess(h.ctx, store.Success{
+		JobID: "job-1", Phase: "extraction", RetryCount: 1, LeaseID: leaseL1, NextPhase: "chunking", Now: t0.Add(3 * time.Minute),
+	})
+	require.NoError(t, err)
+	require.Equal(t, "", h.rdb.HGet(h.ctx, "{t}:j:job-1", "pd").Val())
+	handedOff := h.dump()
+
+	job, err := h.s.GetJob(h.ctx, "job-1")
+	require.NoError(t, err)
+	require.Empty(t, job.PendingPhase)
+	require.False(t, job.InBackoff())
+	require.ErrorIs(t, h.s.ReturnLease(h.ctx, "job-1", leaseL1), store.ErrLeaseNotHeld)
+	_, err = h.s.ExtendLease(h.ctx, "job-1", leaseL1, t0.Add(time.Hour), t0.Add(3*time.Minute))
+	require.ErrorIs(t, err, store.ErrLeaseNotHeld)
+	h.requireState(handedOff, "lease calls on a job with nothing pending")
+
+	events := h.tap()
+	_, err = h.s.CancelJob(h.ctx, "job-1", "stop", t0.Add(4*time.Minute))
+	require.NoError(t, err)
+	want := handedOff.clone()
+	j := want["{t}:j:job-1"].(hash)
+	j["st"], j["fe"], j["ua"] = "4", "stop", us(4*time.Minute)
+	delete(want, "{t}:idx:p:chunking")
+	want["{t}:idx:x:chunking"] = zset{{"job-1", usn(4 * time.Minute)}}
+	h.requireState(want, "CancelJob with nothing pending")
+	require.Empty(t, events(), "no lease was released")
 }
