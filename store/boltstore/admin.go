@@ -82,8 +82,8 @@ func (t *txn) knowsPhase(jobID, phase string) (bool, error) {
 	if _, ok := t.payload(jobID, phase); ok {
 		return true, nil
 	}
-	prefix := jobPrefix(jobID)
-	cur := t.attempts.Cursor()
+	prefix := attemptsPrefix(jobID)
+	cur := t.jobs.Cursor()
 	for k, _ := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = cur.Next() {
 		p, err := attemptKeyPhase(jobID, k)
 		if err != nil {
@@ -160,8 +160,8 @@ func (s *Store) GetJob(ctx context.Context, jobID string) (store.Job, error) {
 		found = true
 		job = toJob(jobID, j)
 		var records []*attemptRecord
-		prefix := jobPrefix(jobID)
-		cur := t.attempts.Cursor()
+		prefix := attemptsPrefix(jobID)
+		cur := t.jobs.Cursor()
 		for k, v := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = cur.Next() {
 			a, err := decodeAttempt(v)
 			if err != nil {

@@ -134,21 +134,35 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("boltstore: open %s: %w", path, err)
 	}
 
+	var migrate bool
 	err = update(db, func(tx *bolt.Tx) error {
+		migrate = false
+		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+		if err != nil {
+			return err
+		}
+		switch v := meta.Get(keySchema); {
+		case v == nil: // a new file
+			if err := meta.Put(keySchema, []byte{schemaVersion}); err != nil {
+				return err
+			}
+		case len(v) != 1 || v[0] == 0:
+			return fmt.Errorf("%w: schema version %v", errCorrupt, v)
+		case v[0] > schemaVersion:
+			return fmt.Errorf("schema version %v is newer than this retryd understands (%d)", v, schemaVersion)
+		case v[0] < schemaVersion:
+			migrate = true
+		}
 		for _, name := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
 		}
-		meta := tx.Bucket(bucketMeta)
-		switch v := meta.Get(keySchema); {
-		case v == nil:
-			return meta.Put(keySchema, []byte{schemaVersion})
-		case len(v) != 1 || v[0] > schemaVersion:
-			return fmt.Errorf("schema version %v is newer than this retryd understands (%d)", v, schemaVersion)
-		}
 		return nil
 	})
+	if err == nil && migrate {
+		err = migrateV1(db, migrateChunk)
+	}
 	if err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("boltstore: initialise %s: %w", path, err)

@@ -9,9 +9,9 @@ import (
 
 // The buckets and their keys. Every composite key is built and parsed here.
 //
-//	jobs      <job id>                                        → jobRecord
-//	attempts  <job>  <cycle:4> <len phase> <phase> <retry:4>  → attemptRecord
-//	payloads  <job>  <phase>                                  → 0x01 + payload bytes
+//	job       <job> 0x00                                      → jobRecord
+//	          <job> 0x01 <cycle:4> <len phase> <phase> <retry:4> → attemptRecord
+//	          <job> 0x02 <phase>                              → 0x01 + payload bytes
 //	due       <len phase> <phase>  <due µs:8>  <job id>       → empty
 //	leases    <expiry µs:8>  <job id>                         → empty
 //	listing   <state:1>  <updated µs:8>  <job id>             → empty
@@ -19,28 +19,38 @@ import (
 //	meta      "schema"                                        → schema version
 //
 // <job> is the job id prefixed with its length (a uvarint), so that no job's
-// prefix is a prefix of another's; <len phase> likewise for phases. Numbers
-// are big-endian so that byte order is numeric order; times are signed
+// prefix is a prefix of another's; <len phase> likewise for phases. A job's
+// record, attempts and payloads are neighbours in one bucket: a report that
+// writes all three rewrites one root-to-leaf path of one B+tree (usually
+// one leaf), where three buckets (schema 1: jobs, attempts, payloads, each
+// keyed the same way without the kind byte) took three paths. Numbers are
+// big-endian so that byte order is numeric order; times are signed
 // microseconds with the sign bit flipped, which keeps that order for any
 // time. The listing holds two entries per job: one under its state and one
 // under state 0 (any state), so that every ListJobs query is one range scan.
 var (
-	bucketJobs     = []byte("jobs")
-	bucketAttempts = []byte("attempts")
-	bucketPayloads = []byte("payloads")
-	bucketDue      = []byte("due")
-	bucketLeases   = []byte("leases")
-	bucketListing  = []byte("listing")
-	bucketStats    = []byte("stats")
-	bucketMeta     = []byte("meta")
+	bucketJob     = []byte("job")
+	bucketDue     = []byte("due")
+	bucketLeases  = []byte("leases")
+	bucketListing = []byte("listing")
+	bucketStats   = []byte("stats")
+	bucketMeta    = []byte("meta")
 
-	allBuckets = [][]byte{bucketJobs, bucketAttempts, bucketPayloads, bucketDue, bucketLeases, bucketListing, bucketStats, bucketMeta}
+	allBuckets = [][]byte{bucketJob, bucketDue, bucketLeases, bucketListing, bucketStats, bucketMeta}
 
 	keySchema = []byte("schema")
 )
 
-// schemaVersion is the layout above. Open refuses a file with a newer one.
-const schemaVersion = 1
+// The kinds of key of a job in the job bucket, after its <job> prefix.
+const (
+	kindRecord  = 0
+	kindAttempt = 1
+	kindPayload = 2
+)
+
+// schemaVersion is the layout above. Open refuses a file with a newer one
+// and migrates one with an older one (migrate.go).
+const schemaVersion = 2
 
 // listAny is the listing's state byte for "any state".
 const listAny = 0
@@ -60,11 +70,21 @@ func appendLenPrefixed(b []byte, s string) []byte {
 	return append(b, s...)
 }
 
-// jobPrefix is the prefix of every key of job id in attempts and payloads.
+// jobPrefix is the prefix of every key of job id in the job bucket.
 func jobPrefix(id string) []byte { return appendLenPrefixed(make([]byte, 0, len(id)+2), id) }
 
+// jobKey is the key of job id's record.
+func jobKey(id string) []byte {
+	return append(appendLenPrefixed(make([]byte, 0, len(id)+2), id), kindRecord)
+}
+
+// attemptsPrefix is the prefix of the keys of job id's attempts.
+func attemptsPrefix(id string) []byte {
+	return append(appendLenPrefixed(make([]byte, 0, len(id)+2), id), kindAttempt)
+}
+
 func attemptKey(id string, cycle uint32, phase string, retry uint32) []byte {
-	k := appendLenPrefixed(make([]byte, 0, len(id)+len(phase)+12), id)
+	k := append(appendLenPrefixed(make([]byte, 0, len(id)+len(phase)+13), id), kindAttempt)
 	k = binary.BigEndian.AppendUint32(k, cycle)
 	k = appendLenPrefixed(k, phase)
 	return binary.BigEndian.AppendUint32(k, retry)
@@ -72,7 +92,7 @@ func attemptKey(id string, cycle uint32, phase string, retry uint32) []byte {
 
 // attemptKeyPhase returns the phase of an attempt key of job id.
 func attemptKeyPhase(id string, k []byte) (string, error) {
-	rest := k[len(jobPrefix(id)):]
+	rest := k[len(attemptsPrefix(id)):]
 	if len(rest) < 4 {
 		return "", fmt.Errorf("%w: attempt key of %q is too short", errCorrupt, id)
 	}
@@ -85,7 +105,8 @@ func attemptKeyPhase(id string, k []byte) (string, error) {
 }
 
 func payloadKey(id, phase string) []byte {
-	return append(appendLenPrefixed(make([]byte, 0, len(id)+len(phase)+2), id), phase...)
+	k := append(appendLenPrefixed(make([]byte, 0, len(id)+len(phase)+3), id), kindPayload)
+	return append(k, phase...)
 }
 
 // duePrefix is the prefix of phase's entries in the due index.

@@ -112,7 +112,7 @@ func (t *txn) record(r report, j *jobRecord, a *attemptRecord) (endedLease strin
 	}
 	j.AttemptSeq++
 	a.Seq = j.AttemptSeq
-	if err := t.attempts.Put(attemptKey(r.jobID, j.Cycle, r.phase, r.retry), encodeAttempt(a)); err != nil {
+	if err := t.jobs.Put(attemptKey(r.jobID, j.Cycle, r.phase, r.retry), encodeAttempt(a)); err != nil {
 		return "", err
 	}
 	if err := t.count(a); err != nil {

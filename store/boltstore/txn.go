@@ -14,26 +14,23 @@ import (
 // txn is a transaction with its buckets at hand, and the record-level
 // operations that keep the indexes in step with the records.
 type txn struct {
-	tx       *bolt.Tx
-	jobs     *bolt.Bucket
-	attempts *bolt.Bucket
-	payloads *bolt.Bucket
-	due      *bolt.Bucket
-	leases   *bolt.Bucket
-	listing  *bolt.Bucket
-	stats    *bolt.Bucket
+	tx *bolt.Tx
+	// jobs holds every job's record, attempts and payloads (keys.go).
+	jobs    *bolt.Bucket
+	due     *bolt.Bucket
+	leases  *bolt.Bucket
+	listing *bolt.Bucket
+	stats   *bolt.Bucket
 }
 
 func newTxn(tx *bolt.Tx) *txn {
 	t := &txn{
-		tx:       tx,
-		jobs:     tx.Bucket(bucketJobs),
-		attempts: tx.Bucket(bucketAttempts),
-		payloads: tx.Bucket(bucketPayloads),
-		due:      tx.Bucket(bucketDue),
-		leases:   tx.Bucket(bucketLeases),
-		listing:  tx.Bucket(bucketListing),
-		stats:    tx.Bucket(bucketStats),
+		tx:      tx,
+		jobs:    tx.Bucket(bucketJob),
+		due:     tx.Bucket(bucketDue),
+		leases:  tx.Bucket(bucketLeases),
+		listing: tx.Bucket(bucketListing),
+		stats:   tx.Bucket(bucketStats),
 	}
 	if tx.Writable() {
 		// Keys made of the current time are appended in key order: a
@@ -59,7 +56,7 @@ func (t *txn) job(id string) (*jobRecord, error) {
 	if id == "" {
 		return nil, nil
 	}
-	v := t.jobs.Get([]byte(id))
+	v := t.jobs.Get(jobKey(id))
 	if v == nil {
 		return nil, nil
 	}
@@ -94,7 +91,7 @@ func (t *txn) putJob(id string, j *jobRecord) error {
 		}
 		j.listed, j.listState, j.listUS = true, j.State, j.UpdatedUS
 	}
-	return t.jobs.Put([]byte(id), encodeJob(j))
+	return t.jobs.Put(jobKey(id), encodeJob(j))
 }
 
 // deleteJob removes a job with its attempts, payloads and index entries.
@@ -112,12 +109,8 @@ func (t *txn) deleteJob(id string, j *jobRecord) error {
 			return err
 		}
 	}
-	for _, b := range []*bolt.Bucket{t.attempts, t.payloads} {
-		if err := deletePrefix(b, jobPrefix(id)); err != nil {
-			return err
-		}
-	}
-	return t.jobs.Delete([]byte(id))
+	// The record, the attempts and the payloads.
+	return deletePrefix(t.jobs, jobPrefix(id))
 }
 
 // deletePrefix deletes every key of b that starts with prefix.
@@ -162,7 +155,7 @@ func clearLease(j *jobRecord) {
 
 // payload returns the stored payload of a job's phase and whether there is one.
 func (t *txn) payload(id, phase string) ([]byte, bool) {
-	v := t.payloads.Get(payloadKey(id, phase))
+	v := t.jobs.Get(payloadKey(id, phase))
 	if len(v) == 0 {
 		return nil, false
 	}
@@ -172,12 +165,12 @@ func (t *txn) payload(id, phase string) ([]byte, bool) {
 func (t *txn) putPayload(id, phase string, p []byte) error {
 	v := make([]byte, 0, 1+len(p))
 	v = append(append(v, payloadPresent), p...)
-	return t.payloads.Put(payloadKey(id, phase), v)
+	return t.jobs.Put(payloadKey(id, phase), v)
 }
 
 // attempt reads one attempt; nil when it was never recorded.
 func (t *txn) attempt(key []byte) (*attemptRecord, error) {
-	v := t.attempts.Get(key)
+	v := t.jobs.Get(key)
 	if v == nil {
 		return nil, nil
 	}
