@@ -67,7 +67,8 @@
 //	                                   filters "in backoff" on the jobs it reads); f = failed;
 //	                                   c = completed; x = canceled
 //	{P}:phases                set      every phase that has been a job's current phase (which
-//	                                   due and index keys may exist)
+//	                                   due and index keys may exist); never shrinks, so a Store
+//	                                   adds a phase at most once a minute (phaseCache, keys.go)
 //	{P}:stats:<hour>          hash     counters of the attempts finished in that hour (Unix
 //	                                   hours), one field per kind (below)
 //	{P}:hours                 zset     the hours that have a stats hash: member and score the hour
@@ -122,7 +123,7 @@
 //
 // Measured with redis-server 7.0 on a unix socket (BenchmarkRecordFailure,
 // BenchmarkClaim; commands from INFO commandstats, each command a script
-// calls included): a first report is 9 commands, a leased retry's failure
+// calls included): a first report is 8 commands, a leased retry's failure
 // 9, a leased success 9, a repeated report 3, a Claim of one task 7 (5.2
 // per task when claiming 10). A pending retry (job, first attempt, due and index
 // entries, 36-byte job id, typical labels and error message) takes about

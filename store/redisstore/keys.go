@@ -1,6 +1,9 @@
 package redisstore
 
-import "strconv"
+import (
+	"strconv"
+	"sync"
+)
 
 // keys builds every Redis key and channel name of one store. All of them
 // start with the hash tag "{<prefix>}", so that they live in one Redis
@@ -10,9 +13,14 @@ import "strconv"
 // in doc.go.
 type keys struct {
 	tag string // "{<prefix>}"
+	// known remembers which phases are in the phase set {P}:phases, so
+	// that a report need not add its phase again (every Store has its own).
+	known *phaseCache
 }
 
-func newKeys(prefix string) keys { return keys{tag: "{" + prefix + "}"} }
+func newKeys(prefix string) keys {
+	return keys{tag: "{" + prefix + "}", known: &phaseCache{seen: map[string]int64{}}}
+}
 
 // job is the hash holding a job's record.
 func (k keys) job(id string) string { return k.tag + ":j:" + id }
@@ -62,3 +70,45 @@ const (
 	bucketCompleted  bucket = "c"
 	bucketCanceled   bucket = "x"
 )
+
+// phaseCache spares the SADD of a report's phase to {P}:phases, one of a
+// first report's commands, when this Store added it recently. The set
+// never shrinks (Expire and the admin scripts only ever add to it), so a
+// phase once added stays, unless the data itself is lost (a Redis
+// restarted without persistence, a flushed database). A confirmation
+// therefore only holds for phaseRefresh of report time: the next report
+// after it adds the phase again, so that even then every phase of a
+// current job is back in the set within a minute (it holds phase names,
+// not jobs: one SADD makes all the phase's jobs listable again). The store
+// reads no clock; the time is the reports' Now.
+type phaseCache struct {
+	mu   sync.Mutex
+	seen map[string]int64 // phase → report time (µs) of its last SADD
+}
+
+const (
+	// phaseRefresh is how long a confirmation holds, in µs of report time.
+	phaseRefresh = int64(60_000_000)
+	// phaseCacheMax bounds the phases remembered: phase names come from
+	// clients, and a client inventing them must not grow the process
+	// without bound; beyond it, reports of other phases simply SADD.
+	phaseCacheMax = 1024
+)
+
+// fresh reports whether phase was added to the set within phaseRefresh
+// before now (a report time that goes back counts as not fresh).
+func (c *phaseCache) fresh(phase string, now int64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	at, ok := c.seen[phase]
+	return ok && now >= at && now-at < phaseRefresh
+}
+
+// added records that a script added phase to the set at report time now.
+func (c *phaseCache) added(phase string, now int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.seen[phase]; ok || len(c.seen) < phaseCacheMax {
+		c.seen[phase] = now
+	}
+}

@@ -73,3 +73,37 @@ func hashSlot(key string) int {
 	}
 	return int(crc) % 16384
 }
+
+func TestPhaseCache(t *testing.T) {
+	t.Parallel()
+	c := newKeys("retryd").known
+	const min = int64(60_000_000)
+	if c.fresh("extraction", 0) {
+		t.Fatal("fresh before any add")
+	}
+	c.added("extraction", 10)
+	for _, n := range []struct {
+		now  int64
+		want bool
+	}{{10, true}, {10 + min - 1, true}, {10 + min, false}, {9, false}} {
+		if got := c.fresh("extraction", n.now); got != n.want {
+			t.Errorf("fresh at %d = %v, want %v", n.now, got, n.want)
+		}
+	}
+	if c.fresh("chunking", 10) {
+		t.Error("another phase is fresh")
+	}
+	for i := range phaseCacheMax {
+		c.added(strings.Repeat("x", i+1), 0)
+	}
+	if len(c.seen) != phaseCacheMax {
+		t.Fatalf("%d phases remembered, want the bound %d", len(c.seen), phaseCacheMax)
+	}
+	c.added("extraction", 20)
+	if !c.fresh("extraction", 20) {
+		t.Error("a remembered phase is refreshed at the bound")
+	}
+	if newKeys("retryd").known == c {
+		t.Error("two stores share a cache")
+	}
+}

@@ -70,6 +70,7 @@ end
 // ARGV[18] stats field, ARGV[19] stats hour
 // ARGV[20] events channel
 // ARGV[21] the phase the caller expects the job to be in (for KEYS[5])
+// ARGV[22] "1" to add the phase to KEYS[7] (phaseCache, keys.go)
 // Returns {OK}; {DUPLICATE, record}; {CONFLICT}; {TERMINAL, state};
 // {LEASE_NOT_HELD}; {LEASE_ACTIVE, expiry}; {PENDING, phase, retry_count};
 // {MOVED, phase}: KEYS[5] is not the job's index, nothing was done.
@@ -156,7 +157,7 @@ if #hdel > 0 then redis.call('HDEL', job, unpack(hdel)) end
 -- The same index (a retry in the job's phase) is re-scored by the ZADD.
 if st and KEYS[5] ~= KEYS[6] then redis.call('ZREM', KEYS[5], id) end
 redis.call('ZADD', KEYS[6], now, id)
-if ph ~= phase then redis.call('SADD', KEYS[7], phase) end
+if ARGV[22] == '1' then redis.call('SADD', KEYS[7], phase) end
 if redis.call('HINCRBY', KEYS[8], ARGV[18], 1) == 1 then
   redis.call('ZADD', KEYS[9], ARGV[19], ARGV[19])
 end
@@ -185,6 +186,8 @@ func (s *Store) RecordFailure(ctx context.Context, f store.Failure) (store.Failu
 	}
 	rec := encodeFailureRecord(f)
 	expected := f.Phase // a job is almost always reported in its current phase
+	now := store.NowMicros(f.Now)
+	addPhase := !s.k.known.fresh(f.Phase, now)
 	for range maxMovedAttempts {
 		keys := []string{
 			s.k.job(f.JobID), s.k.attempts(f.JobID), s.k.due(f.Phase), s.k.leases(),
@@ -197,7 +200,7 @@ func (s *Store) RecordFailure(ctx context.Context, f store.Failure) (store.Failu
 			int(f.Verdict.Decision), f.Verdict.NextRetryCount, dueOf(f.Verdict.DueAt),
 			rec, f.ErrorType, f.ErrorMessage,
 			statsField(outcome, f.RetryCount, f.Phase, f.ErrorType), hour,
-			s.k.events(), expected)
+			s.k.events(), expected, boolField(addPhase))
 		if err != nil {
 			return store.FailureResult{}, err
 		}
@@ -207,6 +210,9 @@ func (s *Store) RecordFailure(ctx context.Context, f store.Failure) (store.Failu
 		}
 		switch code {
 		case codeOK:
+			if addPhase {
+				s.k.known.added(f.Phase, now)
+			}
 			if err := s.durable(ctx, "record failure"); err != nil {
 				return store.FailureResult{}, err
 			}
@@ -255,6 +261,7 @@ func (s *Store) RecordFailure(ctx context.Context, f store.Failure) (store.Failu
 // ARGV[17] events channel
 // ARGV[18] the phase the caller expects the job to be in (for KEYS[4])
 // ARGV[19] the job state afterwards: "1" processing, "3" completed
+// ARGV[20] "1" to add the job's phase afterwards to KEYS[6] (phaseCache, keys.go)
 // Returns {OK}; {DUPLICATE, record}; {CONFLICT}; {TERMINAL, state};
 // {LEASE_NOT_HELD}; {PENDING, phase, retry_count}; {MOVED, phase}.
 var recordSuccessScript = newScript(reportLua + `
@@ -335,7 +342,7 @@ if #hdel > 0 then redis.call('HDEL', job, unpack(hdel)) end
 if lease ~= '' then redis.call('ZREM', KEYS[3], id) end
 if st and KEYS[4] ~= KEYS[5] then redis.call('ZREM', KEYS[4], id) end
 redis.call('ZADD', KEYS[5], now, id)
-if ph ~= newph then redis.call('SADD', KEYS[6], newph) end
+if ARGV[20] == '1' then redis.call('SADD', KEYS[6], newph) end
 if redis.call('HINCRBY', KEYS[7], ARGV[15], 1) == 1 then
   redis.call('ZADD', KEYS[8], ARGV[16], ARGV[16])
 end
@@ -366,6 +373,8 @@ func (s *Store) RecordSuccess(ctx context.Context, sc store.Success) (store.Succ
 	}
 	rec := encodeSuccessRecord(sc, after)
 	expected := sc.Phase
+	now := store.NowMicros(sc.Now)
+	addPhase := !s.k.known.fresh(afterPhase, now)
 	for range maxMovedAttempts {
 		keys := []string{
 			s.k.job(sc.JobID), s.k.attempts(sc.JobID), s.k.leases(),
@@ -376,7 +385,8 @@ func (s *Store) RecordSuccess(ctx context.Context, sc store.Success) (store.Succ
 			sc.JobID, sc.Phase, sc.RetryCount, sc.LeaseID, microsOf(sc.Now), started,
 			hasPayload, sc.Payload, hasLabels, encodeLabels(sc.Labels),
 			sc.NextPhase, hasNext, sc.NextPayload, rec,
-			statsField('s', sc.RetryCount, sc.Phase, ""), hour, s.k.events(), expected, int(after))
+			statsField('s', sc.RetryCount, sc.Phase, ""), hour, s.k.events(), expected, int(after),
+			boolField(addPhase))
 		if err != nil {
 			return store.SuccessResult{}, err
 		}
@@ -386,6 +396,9 @@ func (s *Store) RecordSuccess(ctx context.Context, sc store.Success) (store.Succ
 		}
 		switch code {
 		case codeOK:
+			if addPhase {
+				s.k.known.added(afterPhase, now)
+			}
 			if err := s.durable(ctx, "record success"); err != nil {
 				return store.SuccessResult{}, err
 			}

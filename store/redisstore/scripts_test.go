@@ -432,15 +432,19 @@ func TestRefusalsChangeNothing(t *testing.T) {
 	require.Empty(t, events())
 }
 
-// hmgets returns how many HMGET commands Redis has run since the last call
-// (it resets the counters), to tell whether a report probed the attempts hash.
-func (h *harness) hmgets() int64 {
+// hmgets returns how many HMGET commands Redis has run since the last
+// count, to tell whether a report probed the attempts hash.
+func (h *harness) hmgets() int64 { return h.calls("hmget") }
+
+// calls returns how many times Redis has run the command (lower case)
+// since the last count; it resets every counter.
+func (h *harness) calls(cmd string) int64 {
 	h.t.Helper()
 	info, err := h.rdb.Info(h.ctx, "commandstats").Result()
 	require.NoError(h.t, err)
 	require.NoError(h.t, h.rdb.ConfigResetStat(h.ctx).Err())
 	for _, line := range strings.Split(info, "\n") {
-		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_hmget:calls="); ok {
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_"+cmd+":calls="); ok {
 			n, err := strconv.ParseInt(rest[:strings.IndexByte(rest, ',')], 10, 64)
 			require.NoError(h.t, err)
 			return n
@@ -553,4 +557,39 @@ func TestEmptyPendingIsNothingPending(t *testing.T) {
 	want["{t}:idx:x:chunking"] = zset{{"job-1", usn(4 * time.Minute)}}
 	h.requireState(want, "CancelJob with nothing pending")
 	require.Empty(t, events(), "no lease was released")
+}
+
+// TestPhaseSetAddedOncePerMinute: a Store adds a report's phase to the
+// phase set when it has not done so within a minute of report time, so a
+// lost set (a flushed Redis) is whole again a minute later.
+func TestPhaseSetAddedOncePerMinute(t *testing.T) {
+	h := setup(t)
+	report := func(id string, at time.Duration) {
+		t.Helper()
+		f := firstFailure()
+		f.JobID, f.Now = id, t0.Add(at)
+		f.Verdict.DueAt = f.Now.Add(time.Minute)
+		_, err := h.s.RecordFailure(h.ctx, f)
+		require.NoError(t, err)
+	}
+	h.calls("sadd")
+	report("job-1", 0)
+	require.Equal(t, int64(1), h.calls("sadd"), "a phase new to this Store")
+	report("job-2", 59*time.Second)
+	_, err := h.s.RecordSuccess(h.ctx, store.Success{JobID: "job-3", Phase: "extraction", Now: t0.Add(30 * time.Second)})
+	require.NoError(t, err)
+	require.Equal(t, int64(0), h.calls("sadd"), "added within the minute")
+
+	require.NoError(t, h.rdb.Del(h.ctx, "{t}:phases").Err()) // the set is lost
+	report("job-4", time.Minute)
+	require.Equal(t, int64(1), h.calls("sadd"), "a minute later: added again")
+	require.Equal(t, []string{"extraction"}, h.rdb.SMembers(h.ctx, "{t}:phases").Val())
+	page, err := h.s.ListJobs(h.ctx, store.ListQuery{})
+	require.NoError(t, err)
+	require.Len(t, page.Jobs, 4, "every job of the phase is listed again")
+
+	_, err = h.s.RecordSuccess(h.ctx, store.Success{JobID: "job-5", Phase: "extraction", NextPhase: "chunking", Now: t0.Add(time.Minute)})
+	require.NoError(t, err)
+	require.Equal(t, int64(1), h.calls("sadd"), "the next phase of a hand-off")
+	require.Equal(t, []string{"chunking", "extraction"}, h.rdb.SMembers(h.ctx, "{t}:phases").Val())
 }
