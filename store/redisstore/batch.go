@@ -13,14 +13,18 @@ import (
 // each side instead of one per call; one pool Get and its health check).
 // It is the Redis counterpart of boltstore's group commit
 // (store/boltstore/commit.go), timer-free like it: a call that finds a
-// sender free goes out at once, so a lone call pays nothing for batching,
+// free slot goes out at once, so a lone call pays nothing for batching,
 // and batches grow with the load by themselves.
 //
-// Up to maxInFlight batches are on their way at once, each sent by its own
-// goroutine, so that one slow round trip does not hold up every call behind
-// it. A sender goroutine lives while there is work: after its batch it
-// takes the next one, and ends when the queue is empty (nothing is left
-// running between bursts, and a Store that is never closed leaks nothing).
+// Up to maxInFlight batches are on their way at once, so that one slow
+// round trip does not hold up every call behind it. A batch is sent by a
+// caller, the leader, on its own goroutine (no goroutine is started per
+// batch: a new goroutine's stack grows by copying to go-redis's depth,
+// which cost a lone call some 50 µs of CPU when measured). A caller that
+// finds a slot free leads at once; otherwise it queues, and the leader of a
+// finished batch hands its slot to the first queued call, which then sends
+// the queue as the next batch. A leader thus only ever waits for the batch
+// that holds its own call, like a caller of script.Run waits for its reply.
 //
 // Semantics are those of one script.Run per call: every call gets its own
 // reply or error (a script's error reply, such as OOM, belongs to that call
@@ -37,9 +41,9 @@ type batcher struct {
 
 	mu       sync.Mutex
 	queue    []*scriptCall
-	inFlight int // sender goroutines running
+	inFlight int // slots taken: batches being sent, or handed to a caller to send
 	closed   bool
-	senders  sync.WaitGroup
+	idle     *sync.Cond // on mu: inFlight fell to 0
 }
 
 // Defaults of a batcher.
@@ -52,49 +56,73 @@ const (
 	maxBatchSize = 128
 )
 
-// scriptCall is one caller's script run. cmd is set, and done closed, by
-// the sender.
+// scriptCall is one caller's script run.
 type scriptCall struct {
 	ctx    context.Context
 	script *redis.Script
 	keys   []string
 	args   []any
-	cmd    *redis.Cmd
-	done   chan struct{}
+	cmd    *redis.Cmd    // the reply, set before done is closed
+	done   chan struct{} // closed when cmd is set (nil for a call that leads at once)
+	lead   chan struct{} // receives when the call is to send batch
+
+	// Under batcher.mu:
+	batch []*scriptCall // the batch this call is to send (lead has been sent to)
+	gone  bool          // the caller stopped waiting
 }
 
 func newBatcher(client redis.UniversalClient) *batcher {
-	return &batcher{client: client, maxInFlight: batchesInFlight, maxSize: maxBatchSize}
+	b := &batcher{client: client, maxInFlight: batchesInFlight, maxSize: maxBatchSize}
+	b.idle = sync.NewCond(&b.mu)
+	return b
 }
 
 // run runs script with keys and args, in a batch with concurrent calls,
-// and returns its reply. When ctx ends first, run returns ctx's error
-// without waiting for the reply: the script may still run (or have run), as
-// with any call whose reply is lost. After close it fails with
-// redis.ErrClosed.
+// and returns its reply. When ctx ends first, run returns ctx's error: a
+// call still queued leaves the queue unsent, one whose batch is on its way
+// may still run. Only a leader that is sending its batch waits for the
+// reply, bounded by go-redis's timeouts, as a caller of script.Run does.
+// After close, run fails with redis.ErrClosed.
 func (b *batcher) run(ctx context.Context, script *redis.Script, keys []string, args []any) ([]any, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	c := &scriptCall{ctx: ctx, script: script, keys: keys, args: args, done: make(chan struct{})}
+	c := &scriptCall{ctx: ctx, script: script, keys: keys, args: args}
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
 		return nil, redis.ErrClosed
 	}
-	b.queue = append(b.queue, c)
 	if b.inFlight < b.maxInFlight {
+		// A free slot: the queue is empty (calls queue only while every
+		// slot is taken), so this call is a batch of its own.
 		b.inFlight++
-		b.senders.Add(1)
-		go b.send()
+		b.mu.Unlock()
+		b.exec([]*scriptCall{c})
+		b.mu.Lock()
+		b.passSlot()
+		b.mu.Unlock()
+		return c.cmd.Slice()
 	}
+	c.done, c.lead = make(chan struct{}), make(chan struct{}, 1)
+	b.queue = append(b.queue, c)
 	b.mu.Unlock()
 
 	select {
 	case <-c.done:
+	case <-c.lead:
+		b.mu.Lock()
+		batch := c.batch
+		c.batch = nil
+		b.mu.Unlock()
+		b.exec(batch)
+		b.mu.Lock()
+		b.passSlot()
+		b.mu.Unlock()
 	case <-ctx.Done():
+		b.abandon(c)
 		select {
-		case <-c.done: // the reply is here after all
+		case <-c.done: // the reply came in time after all
 		default:
 			return nil, ctx.Err()
 		}
@@ -102,25 +130,60 @@ func (b *batcher) run(ctx context.Context, script *redis.Script, keys []string, 
 	return c.cmd.Slice()
 }
 
-// send sends batches from the queue until it is empty. There is always a
-// sender while the queue is not empty: a call queues only while
-// maxInFlight senders run, and a sender ends only when, under mu, it finds
-// the queue empty.
-func (b *batcher) send() {
-	defer b.senders.Done()
-	for {
-		b.mu.Lock()
-		if len(b.queue) == 0 {
-			b.inFlight--
-			b.queue = nil // drop the backing array
-			b.mu.Unlock()
+// passSlot, under mu, gives the slot of a leader whose batch is answered
+// to the next batch from the queue, or frees it.
+func (b *batcher) passSlot() {
+	if len(b.queue) == 0 {
+		b.queue = nil // drop the backing array
+		b.inFlight--
+		if b.inFlight == 0 {
+			b.idle.Broadcast()
+		}
+		return
+	}
+	n := min(len(b.queue), b.maxSize)
+	batch := b.queue[:n:n]
+	b.queue = b.queue[n:]
+	b.assign(batch)
+}
+
+// assign, under mu, makes the first caller of batch still waiting its
+// leader, or frees the slot when none is (their calls are not sent).
+func (b *batcher) assign(batch []*scriptCall) {
+	for _, c := range batch {
+		if !c.gone {
+			c.batch = batch
+			c.lead <- struct{}{}
 			return
 		}
-		n := min(len(b.queue), b.maxSize)
-		batch := b.queue[:n:n]
-		b.queue = b.queue[n:]
-		b.mu.Unlock()
-		b.exec(batch)
+	}
+	b.passSlot()
+}
+
+// abandon records that c's caller stopped waiting. A queued call leaves
+// the queue. A call told to lead a batch that it has not taken passes the
+// batch, without itself, to the next caller of it. A call in a batch that
+// another caller sends stays in it.
+func (b *batcher) abandon(c *scriptCall) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	c.gone = true
+	if batch := c.batch; batch != nil {
+		c.batch = nil
+		rest := make([]*scriptCall, 0, len(batch)-1)
+		for _, q := range batch {
+			if q != c {
+				rest = append(rest, q)
+			}
+		}
+		b.assign(rest)
+		return
+	}
+	for i, q := range b.queue {
+		if q == c {
+			b.queue = append(b.queue[:i:i], b.queue[i+1:]...)
+			return
+		}
 	}
 }
 
@@ -134,7 +197,7 @@ func (b *batcher) exec(batch []*scriptCall) {
 		// A lone call: no pipeline to build.
 		c := batch[0]
 		c.cmd = c.script.Run(ctx, b.client, c.keys, c.args...)
-		close(c.done)
+		c.answered()
 		return
 	}
 	pipe := b.client.Pipeline()
@@ -150,7 +213,7 @@ func (b *batcher) exec(batch []*scriptCall) {
 			unknown = append(unknown, c)
 			continue
 		}
-		close(c.done)
+		c.answered()
 	}
 	if len(unknown) == 0 {
 		return
@@ -164,16 +227,26 @@ func (b *batcher) exec(batch []*scriptCall) {
 	}
 	_, _ = pipe.Exec(ctx)
 	for _, c := range unknown {
+		c.answered()
+	}
+}
+
+// answered tells a waiting caller that c.cmd is set (a leader's own call
+// has no one waiting).
+func (c *scriptCall) answered() {
+	if c.done != nil {
 		close(c.done)
 	}
 }
 
 // close makes later calls fail with redis.ErrClosed and waits until the
-// calls already queued are answered (their senders end), so that the
-// client can be closed after it.
+// batches on their way and the calls already queued are answered, so that
+// the client can be closed after it.
 func (b *batcher) close() {
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	b.closed = true
-	b.mu.Unlock()
-	b.senders.Wait()
+	for b.inFlight > 0 {
+		b.idle.Wait()
+	}
 }

@@ -281,7 +281,7 @@ func evalCalls(t *testing.T, rdb *redis.Client) int64 {
 }
 
 // TestBatchCanceledCaller: a queued caller whose context ends returns at
-// once with its context's error; its batch still runs for the others.
+// once with its context's error and is not sent; the others' batch runs.
 func TestBatchCanceledCaller(t *testing.T) {
 	h := newBatchHarness(t)
 	release, held := h.holdBatch()
@@ -302,15 +302,54 @@ func TestBatchCanceledCaller(t *testing.T) {
 		require.NoError(t, r.err, "call %d", i)
 		require.Equal(t, []any{fmt.Sprint(i), int64(1)}, r.res)
 	}
-	// The canceled call's script ran all the same (its outcome was unknown
-	// to it).
-	n, err := h.rdb.Get(context.Background(), "k:4").Int()
-	require.NoError(t, err)
-	require.Equal(t, 1, n)
+	// The canceled call left the queue before its batch went out.
+	require.Equal(t, []int{9}, h.gate.pipelines())
+	require.Zero(t, h.rdb.Exists(context.Background(), "k:4").Val())
 	// A caller whose context has already ended sends nothing.
-	_, err = h.b.run(canceled, echoScript, []string{"never"}, []any{"x"})
+	_, err := h.b.run(canceled, echoScript, []string{"never"}, []any{"x"})
 	require.ErrorIs(t, err, context.Canceled)
 	require.Zero(t, h.rdb.Exists(context.Background(), "never").Val())
+}
+
+// TestBatchCancelRaces: many callers whose contexts end at random moments
+// (queued, told to lead, in a batch on its way): every caller returns,
+// each with its own reply or its context's error, and no slot is lost.
+func TestBatchCancelRaces(t *testing.T) {
+	h := newBatchHarness(t)
+	h.b.maxInFlight = batchesInFlight
+	var wg sync.WaitGroup
+	var ok, canceled atomic.Int64
+	for g := range 40 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 25 {
+				arg := fmt.Sprintf("%d-%d", g, i)
+				// Timeouts from 0 to 2ms: some end before the call is
+				// queued, some while queued, some after it was sent.
+				ctx, cancel := context.WithTimeout(context.Background(), time.Duration((g*25+i)%9)*250*time.Microsecond)
+				res, err := h.b.run(ctx, echoScript, []string{"k:" + arg}, []any{arg})
+				cancel()
+				if err != nil {
+					if !errors.Is(err, context.DeadlineExceeded) {
+						t.Errorf("call %s: %v", arg, err)
+					}
+					canceled.Add(1)
+					continue
+				}
+				if res[0] != arg {
+					t.Errorf("call %s got %v", arg, res)
+				}
+				ok.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	t.Logf("%d answered, %d gave up", ok.Load(), canceled.Load())
+	h.b.mu.Lock()
+	defer h.b.mu.Unlock()
+	require.Zero(t, h.b.inFlight, "every slot was given back")
+	require.Empty(t, h.b.queue)
 }
 
 // TestBatchStoreCanceled: through the store, a canceled caller's error
