@@ -93,9 +93,10 @@
 //	n         attempts recorded (the newest attempt's sequence number)
 //	nb        payloads stored (the newest payload's number)
 //	p:<phase> number n of the phase's current payload, stored as "#n" in {P}:a:<job>
-//	r:<phase> "<cycle>:<retry_count>": the highest retry_count of the phase recorded in
-//	          that cycle; a report of the pending attempt under its lease skips the
-//	          duplicate probe of {P}:a:<job> when its retry_count is above it (report.go)
+//	r:<phase> "<cycle>:<retry_count>": the highest retry_count (1 or more) of the phase
+//	          recorded without a lease in that cycle, usually absent; a report of the
+//	          pending attempt under its lease skips the duplicate probe of {P}:a:<job>
+//	          when its retry_count is above it (report.go says why that suffices)
 //
 // A payload is stored once per job and change: an attempt reported
 // without a payload, or with the same bytes as the phase's current payload,

@@ -11,29 +11,39 @@ import (
 // attempts-hash probe (the duplicate check) when it cannot find anything.
 //
 // A report of the job's pending attempt, under its lease, is of an attempt
-// that was scheduled and never recorded, so the probe would find nothing;
+// that was scheduled and not yet recorded, so the probe would find nothing;
 // the checks that follow it (terminal, lease) pass too, since a job with a
-// leased attempt is processing. One case breaks "never recorded": a worker
-// may report retry_count values out of order without a lease (say #1
-// succeeds with next_phase the same phase, then #0 fails and schedules #1),
-// so the job hash also keeps, per phase, the highest retry_count recorded in
-// the current cycle ("r:<phase>" = "<cycle>:<retry_count>"), and the probe
-// is only spared when the pending attempt is above it. The probe still runs
-// for every unleased report and for reports that carry a payload (it also
-// reads the stored payload they are compared with).
+// leased attempt is processing. "Not yet recorded" has one exception: a
+// worker may report retry_counts out of order without a lease (say #1
+// succeeds with next_phase the same phase, then #0 fails and schedules #1
+// again). Only unleased reports can record an attempt ahead of the pending
+// one: a leased report records the pending attempt itself, and the
+// attempts of a phase recorded under leases follow, one retry_count after
+// the other, an unleased one, so a run of them reaching an attempt recorded
+// earlier would have to pass that run's unleased first attempt, which is
+// probed. An unleased report of retry_count 0 is never ahead either (a
+// pending attempt of retry_count 0 is a RetryJob's, in a cycle with
+// nothing recorded). So the job hash keeps, per phase, the highest
+// retry_count of 1 or more recorded without a lease in the current cycle
+// ("r:<phase>" = "<cycle>:<retry_count>", absent in the common case of
+// workers reporting only their original attempt unleased), and the probe
+// is spared for a leased report of the pending attempt above it. The probe
+// still runs for every unleased report and for reports that carry a
+// payload (it also reads the stored payload they are compared with).
 const reportLua = `
 -- unrecorded: the report (lease, phase, rc) is of the pending attempt p,
--- which no attempt of the phase recorded in cycle cy reaches (hr is the
--- job's "r:<phase>" field).
+-- which no unleased attempt of the phase recorded in cycle cy reaches (hr
+-- is the job's "r:<phase>" field).
 local function unrecorded(p, lease, phase, rc, cy, hr)
   if lease == '' or p[4] ~= lease or p[1] ~= phase or p[2] ~= rc then return false end
   if not hr then return true end
   local c = string.find(hr, ':', 1, true)
   return string.sub(hr, 1, c - 1) ~= cy or tonumber(string.sub(hr, c + 1)) < tonumber(rc)
 end
--- highest adds "r:<phase>" to the job's HSET arguments when rc is the
--- highest retry_count of the phase recorded in cycle cy.
-local function highest(hset, phase, rc, cy, hr)
+-- highest adds "r:<phase>" to the job's HSET arguments when an unleased
+-- report records the phase's highest retry_count (1 or more) of cycle cy.
+local function highest(hset, lease, phase, rc, cy, hr)
+  if lease ~= '' or rc == '0' then return end
   if hr then
     local c = string.find(hr, ':', 1, true)
     if string.sub(hr, 1, c - 1) == cy and tonumber(string.sub(hr, c + 1)) >= tonumber(rc) then return end
@@ -107,7 +117,7 @@ if st then
 end
 
 local hset = {'ph', phase, 'ua', now, 'lf', afield}
-highest(hset, phase, rc, cy, j[8])
+highest(hset, lease, phase, rc, cy, j[8])
 local hdel = {}
 local aset = {}
 if ARGV[8] == '1' and ARGV[9] ~= cur then
@@ -296,7 +306,7 @@ if st then
 end
 
 local hset = {'ua', now}
-highest(hset, phase, rc, cy, j[9])
+highest(hset, lease, phase, rc, cy, j[9])
 local hdel = {}
 local aset = {}
 local newblob = function(bytes)

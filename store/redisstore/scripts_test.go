@@ -48,7 +48,7 @@ func scheduledState() state {
 	return state{
 		"{t}:j:job-1": hash{
 			"st": "1", "ph": "extraction", "cy": "1", "lb": labels1, "ca": us(0), "ua": us(0),
-			"lf": "1:0:extraction", "n": "1", "nb": "1", "p:extraction": "1", "r:extraction": "1:0",
+			"lf": "1:0:extraction", "n": "1", "nb": "1", "p:extraction": "1",
 			"pd": fld("extraction", "1", us(time.Minute)),
 		},
 		"{t}:a:job-1":          hash{"#1": payload0, "1:0:extraction": rec0},
@@ -75,7 +75,7 @@ func failedState() state {
 	st := leasedState()
 	j := st["{t}:j:job-1"].(hash)
 	j["pd"] = "" // nothing pending
-	j["st"], j["ua"], j["lf"], j["n"], j["r:extraction"] = "2", us(3*time.Minute), "1:1:extraction", "2", "1:1"
+	j["st"], j["ua"], j["lf"], j["n"] = "2", us(3*time.Minute), "1:1:extraction", "2"
 	j["fe"], j["ft"], j["tr"] = "chunk 7 is empty", "ValidationError", "1"
 	st["{t}:a:job-1"].(hash)["1:1:extraction"] = fld("1", us(3*time.Minute), "ValidationError", "chunk 7 is empty", "422", "",
 		"2", "0", "ValidationError is not retryable.", "0", "0", "", "",
@@ -150,7 +150,6 @@ func TestRecordFailureRetriesLeased(t *testing.T) {
 	want := leasedState()
 	j := want["{t}:j:job-1"].(hash)
 	j["pd"], j["ua"], j["lf"], j["n"] = fld("extraction", "2", us(450*time.Second)), us(150*time.Second), "1:1:extraction", "2"
-	j["r:extraction"] = "1:1"
 	want["{t}:a:job-1"].(hash)["1:1:extraction"] = fld("1", us(150*time.Second), "LeaseExpired", "lease of w1 expired", "0", "",
 		"1", "1", "LeaseExpired is retryable.", "2", "300000000000", ns(450*time.Second), "",
 		"2", us(2*time.Minute), "w1", "1")
@@ -177,7 +176,7 @@ func TestRecordSuccessHandsOff(t *testing.T) {
 	want := leasedState()
 	j := want["{t}:j:job-1"].(hash)
 	j["pd"] = ""
-	j["ph"], j["ua"], j["n"], j["nb"], j["p:chunking"], j["r:extraction"] = "chunking", us(3*time.Minute), "2", "2", "2", "1:1"
+	j["ph"], j["ua"], j["n"], j["nb"], j["p:chunking"] = "chunking", us(3*time.Minute), "2", "2", "2"
 	a := want["{t}:a:job-1"].(hash)
 	a["#2"] = `{"text":"s3://t/d1"}`
 	a["1:1:extraction"] = fld("2", us(3*time.Minute), "", "", "0", `{"pages":3}`, "", "", "", "", "", "", "1",
@@ -215,7 +214,7 @@ func TestReportInAnotherPhase(t *testing.T) {
 	want := handedOff.clone()
 	j = want["{t}:j:job-1"].(hash)
 	j["ph"], j["st"], j["ua"], j["lf"], j["n"] = "kg_ingest", "2", us(time.Minute), "1:0:kg_ingest", "2"
-	j["fe"], j["ft"], j["tr"], j["r:kg_ingest"] = f.ErrorMessage, f.ErrorType, "0", "1:0"
+	j["fe"], j["ft"], j["tr"] = f.ErrorMessage, f.ErrorType, "0"
 	want["{t}:a:job-1"].(hash)["1:0:kg_ingest"] = fld("1", us(time.Minute), f.ErrorType, f.ErrorMessage, "503", "",
 		"2", "0", "no", "0", "0", "", "", "2", us(time.Minute), "", "")
 	delete(want, "{t}:idx:p:chunking")
@@ -471,7 +470,7 @@ func TestLeasedReportSkipsProbe(t *testing.T) {
 	require.False(t, res.Duplicate)
 	require.Equal(t, int64(1), h.hmgets(), "the job hash only: no attempts-hash probe")
 	after := h.dump()
-	require.Equal(t, "1:1", after["{t}:j:job-1"].(hash)["r:extraction"])
+	require.NotContains(t, after["{t}:j:job-1"], "r:extraction", "kept for unleased reports of retry_count 1 or more only")
 
 	events := h.tap()
 	again := f
@@ -493,37 +492,53 @@ func TestLeasedReportSkipsProbe(t *testing.T) {
 }
 
 // TestOutOfOrderAttemptIsProbed: a pending attempt can have been recorded
-// when a worker reported retry_counts out of order without a lease; its
-// leased report must then still be checked against the attempts hash
-// ("r:<phase>" says so), not recorded over the earlier attempt.
+// when a worker reported retry_counts out of order without a lease; the
+// leased reports that lead up to it must then still be checked against
+// the attempts hash ("r:<phase>" says so), and the one of the recorded
+// attempt refused, not recorded over it.
 func TestOutOfOrderAttemptIsProbed(t *testing.T) {
 	h := setup(t)
-	_, err := h.s.RecordSuccess(h.ctx, store.Success{JobID: "job-1", Phase: "extraction", RetryCount: 1, NextPhase: "extraction", Now: t0})
+	_, err := h.s.RecordSuccess(h.ctx, store.Success{JobID: "job-1", Phase: "extraction", RetryCount: 2, NextPhase: "extraction", Now: t0})
 	require.NoError(t, err)
+	require.Equal(t, "1:2", h.rdb.HGet(h.ctx, "{t}:j:job-1", "r:extraction").Val())
 	f := firstFailure()
-	f.Payload, f.Labels, f.Now = nil, nil, t0.Add(time.Second) // #0 after #1, scheduling #1 again
+	f.Payload, f.Labels, f.Now = nil, nil, t0.Add(time.Second) // #0 after #2, scheduling #1
 	_, err = h.s.RecordFailure(h.ctx, f)
 	require.NoError(t, err)
-	require.Equal(t, "1:1", h.rdb.HGet(h.ctx, "{t}:j:job-1", "r:extraction").Val(), "#0 does not lower the highest")
-	tasks, err := h.s.Claim(h.ctx, store.ClaimRequest{Phases: []string{"extraction"}, Limit: 1, Now: t0.Add(time.Hour), LeaseFor: time.Minute, WorkerID: "w1"})
-	require.NoError(t, err)
-	require.Len(t, tasks, 1)
-	require.Equal(t, uint32(1), tasks[0].RetryCount)
-	before := h.dump()
+	require.Equal(t, "1:2", h.rdb.HGet(h.ctx, "{t}:j:job-1", "r:extraction").Val(), "#0 neither lowers nor sets it")
+	claim := func(rc uint32) store.Task {
+		t.Helper()
+		tasks, err := h.s.Claim(h.ctx, store.ClaimRequest{Phases: []string{"extraction"}, Limit: 1, Now: t0.Add(3 * time.Hour), LeaseFor: time.Minute, WorkerID: "w1"})
+		require.NoError(t, err)
+		require.Len(t, tasks, 1)
+		require.Equal(t, rc, tasks[0].RetryCount)
+		return tasks[0]
+	}
 
+	task := claim(1)
+	retry := giveUpReport()
+	retry.LeaseID, retry.Now = task.LeaseID, t0.Add(time.Hour)
+	retry.Verdict = store.Verdict{Decision: store.DecisionRetry, Retryable: true, Reason: "again", NextRetryCount: 2, Delay: time.Second, DueAt: retry.Now.Add(time.Second)}
+	h.hmgets()
+	_, err = h.s.RecordFailure(h.ctx, retry)
+	require.NoError(t, err)
+	require.Equal(t, int64(2), h.hmgets(), "#1 is not above the highest unleased #2: probed")
+
+	task = claim(2)
+	before := h.dump()
 	leased := giveUpReport()
-	leased.LeaseID, leased.Now = tasks[0].LeaseID, t0.Add(time.Hour)
+	leased.RetryCount, leased.LeaseID, leased.Now = 2, task.LeaseID, t0.Add(2*time.Hour)
 	h.hmgets()
 	_, err = h.s.RecordFailure(h.ctx, leased)
-	require.ErrorIs(t, err, store.ErrConflict, "#1 was recorded as a success")
+	require.ErrorIs(t, err, store.ErrConflict, "#2 was recorded as a success")
 	require.Equal(t, int64(2), h.hmgets(), "probed")
-	res, err := h.s.RecordSuccess(h.ctx, store.Success{JobID: "job-1", Phase: "extraction", RetryCount: 1, LeaseID: tasks[0].LeaseID, Now: t0.Add(time.Hour)})
+	res, err := h.s.RecordSuccess(h.ctx, store.Success{JobID: "job-1", Phase: "extraction", RetryCount: 2, LeaseID: task.LeaseID, Now: t0.Add(2 * time.Hour)})
 	require.NoError(t, err)
 	require.Equal(t, store.SuccessResult{State: store.StateProcessing, Duplicate: true}, res)
 	h.requireState(before, "reports of an attempt recorded before it was scheduled")
 	job, err := h.s.GetJob(h.ctx, "job-1")
 	require.NoError(t, err)
-	require.Len(t, job.Attempts, 2)
+	require.Len(t, job.Attempts, 3)
 }
 
 // TestEmptyPendingIsNothingPending: a report that ends the pending attempt
