@@ -99,11 +99,12 @@ func (g *gate) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Process
 // batchHarness is a redis-server, a client with a gate and a batcher with
 // one batch in flight (so that which calls share a batch is known).
 type batchHarness struct {
-	t    *testing.T
-	srv  *testredis.Server
-	rdb  *redis.Client
-	gate *gate
-	b    *batcher
+	t      *testing.T
+	srv    *testredis.Server
+	rdb    redis.UniversalClient
+	gate   *gate
+	b      *batcher
+	prefix string // of the calls' keys
 }
 
 func newBatchHarness(t *testing.T) *batchHarness {
@@ -116,12 +117,19 @@ func newBatchHarness(t *testing.T) *batchHarness {
 	t.Cleanup(func() { _ = rdb.Close() })
 	g := &gate{}
 	rdb.AddHook(g)
+	return startBatcher(t, srv, rdb, g, "")
+}
+
+// startBatcher loads the test scripts and starts a batcher on rdb, whose
+// hooks include g.
+func startBatcher(t *testing.T, srv *testredis.Server, rdb redis.UniversalClient, g *gate, prefix string) *batchHarness {
+	t.Helper()
 	require.NoError(t, echoScript.Load(t.Context(), rdb).Err())
 	require.NoError(t, holdScript.Load(t.Context(), rdb).Err())
 	b := newBatcher(rdb)
 	b.maxInFlight = 1
 	t.Cleanup(b.close)
-	return &batchHarness{t: t, srv: srv, rdb: rdb, gate: g, b: b}
+	return &batchHarness{t: t, srv: srv, rdb: rdb, gate: g, b: b, prefix: prefix}
 }
 
 // queued is the number of calls waiting for a batch.
@@ -139,7 +147,7 @@ func (h *batchHarness) holdBatch() (release func(), result <-chan error) {
 	h.gate.close()
 	res := make(chan error, 1)
 	go func() {
-		_, err := h.b.run(context.Background(), holdScript, []string{"held"}, nil)
+		_, err := h.b.run(context.Background(), holdScript, []string{h.prefix + "held"}, nil)
 		res <- err
 	}()
 	require.Eventually(h.t, func() bool { return h.gate.holds.Load() == 1 }, 10*time.Second, time.Millisecond)
@@ -161,7 +169,7 @@ func (h *batchHarness) callAll(ctxs []context.Context, arg func(i int) string) [
 	for i, ctx := range ctxs {
 		out[i] = make(chan reply, 1)
 		go func() {
-			res, err := h.b.run(ctx, echoScript, []string{fmt.Sprintf("k:%d", i)}, []any{arg(i)})
+			res, err := h.b.run(ctx, echoScript, []string{fmt.Sprintf("%sk:%d", h.prefix, i)}, []any{arg(i)})
 			out[i] <- reply{res, err}
 		}()
 	}
@@ -204,6 +212,52 @@ func TestBatchOwnReplies(t *testing.T) {
 	}
 	require.Equal(t, []int{n}, h.gate.pipelines(), "the queued calls went out as one pipeline")
 	require.Equal(t, int64(1), h.gate.single.Load(), "the lone first call went out without a pipeline")
+}
+
+// TestBatchCluster: on Redis Cluster a batch is a cluster pipeline (its
+// keys share a hash slot, so it goes to one node), with the same replies,
+// error replies and NOSCRIPT recovery.
+func TestBatchCluster(t *testing.T) {
+	t.Parallel()
+	srv := testredis.Start(t, testredis.Cluster())
+	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{srv.Addr()}, DialTimeout: time.Second})
+	t.Cleanup(func() { _ = rdb.Close() })
+	g := &gate{}
+	rdb.AddHook(g)
+	h := startBatcher(t, srv, rdb, g, "{t}:")
+	for _, flush := range []bool{false, true} {
+		release, held := h.holdBatch()
+		arg := func(i int) string {
+			if i == 5 {
+				return "fail"
+			}
+			return fmt.Sprint(i)
+		}
+		replies := h.callAll(backgrounds(20), arg)
+		if flush {
+			require.NoError(t, rdb.ForEachMaster(t.Context(), func(ctx context.Context, c *redis.Client) error {
+				return c.ScriptFlush(ctx).Err()
+			}))
+		}
+		release()
+		require.NoError(t, <-held)
+		for i, ch := range replies {
+			r := <-ch
+			if i == 5 {
+				require.ErrorContains(t, r.err, "asked to fail")
+				continue
+			}
+			require.NoError(t, r.err, "call %d", i)
+			n := int64(1)
+			if flush {
+				n = 2
+			}
+			require.Equal(t, []any{fmt.Sprint(i), n}, r.res, "call %d", i)
+		}
+	}
+	// Every batch of the calls was one pipeline: 20, then 20 EVALSHAs and
+	// 20 EVALs after the flush.
+	require.Equal(t, []int{20, 20, 20}, h.gate.pipelines())
 }
 
 // TestBatchNoScript: after SCRIPT FLUSH a batch's EVALSHAs fail with
