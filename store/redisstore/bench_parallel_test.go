@@ -3,6 +3,7 @@ package redisstore
 import (
 	"context"
 	"fmt"
+	"math"
 	"runtime"
 	"strconv"
 	"strings"
@@ -33,11 +34,17 @@ const benchReporters = 50
 //     the store's and go-redis's share of retryd's CPU.
 //
 // Over TCP on loopback (the usual deployment: Redis on another host) and
-// on a unix socket.
+// on a unix socket; with 1, 2 or 4 batches in flight (batchesInFlight),
+// and unbatched: with a slot for every caller, each call is a script.Run
+// of its own, as before batching.
 func BenchmarkRecordFailureParallel(b *testing.B) {
 	for _, network := range []string{"tcp", "unix"} {
-		for _, inFlight := range []int{1, 2, 4} {
-			b.Run(fmt.Sprintf("%s/in-flight-%d", network, inFlight), func(b *testing.B) {
+		for _, inFlight := range []int{1, 2, 4, math.MaxInt} {
+			name := fmt.Sprintf("%s/in-flight-%d", network, inFlight)
+			if inFlight == math.MaxInt {
+				name = network + "/unbatched"
+			}
+			b.Run(name, func(b *testing.B) {
 				var opts []testredis.Option
 				if network == "tcp" {
 					opts = append(opts, testredis.TCP())
