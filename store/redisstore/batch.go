@@ -2,6 +2,7 @@ package redisstore
 
 import (
 	"context"
+	"fmt"
 	"sync"
 
 	"github.com/redis/go-redis/v9"
@@ -65,6 +66,8 @@ type scriptCall struct {
 	cmd    *redis.Cmd    // the reply, set before done is closed
 	done   chan struct{} // closed when cmd is set (nil for a call that leads at once)
 	lead   chan struct{} // receives when the call is to send batch
+	// replied is set with done closed (by the sender only).
+	replied bool
 
 	// Under batcher.mu:
 	batch []*scriptCall // the batch this call is to send (lead has been sent to)
@@ -98,10 +101,7 @@ func (b *batcher) run(ctx context.Context, script *redis.Script, keys []string, 
 		// slot is taken), so this call is a batch of its own.
 		b.inFlight++
 		b.mu.Unlock()
-		b.exec([]*scriptCall{c})
-		b.mu.Lock()
-		b.passSlot()
-		b.mu.Unlock()
+		b.send([]*scriptCall{c})
 		return c.cmd.Slice()
 	}
 	c.done, c.lead = make(chan struct{}), make(chan struct{}, 1)
@@ -115,10 +115,7 @@ func (b *batcher) run(ctx context.Context, script *redis.Script, keys []string, 
 		batch := c.batch
 		c.batch = nil
 		b.mu.Unlock()
-		b.exec(batch)
-		b.mu.Lock()
-		b.passSlot()
-		b.mu.Unlock()
+		b.send(batch)
 	case <-ctx.Done():
 		b.abandon(c)
 		select {
@@ -128,6 +125,33 @@ func (b *batcher) run(ctx context.Context, script *redis.Script, keys []string, 
 		}
 	}
 	return c.cmd.Slice()
+}
+
+// send sends a batch, answers its calls and passes the slot on. A panic
+// while sending (a bug; the server recovers the leader's call) must not
+// leave the batch's other callers waiting and the slot taken: they get an
+// error, and the panic goes on.
+func (b *batcher) send(batch []*scriptCall) {
+	defer func() {
+		p := recover()
+		if p != nil {
+			err := fmt.Errorf("redisstore: panic while sending a batch of scripts: %v", p)
+			for _, c := range batch {
+				if !c.replied {
+					c.cmd = redis.NewCmd(context.Background())
+					c.cmd.SetErr(err)
+					c.answered()
+				}
+			}
+		}
+		b.mu.Lock()
+		b.passSlot()
+		b.mu.Unlock()
+		if p != nil {
+			panic(p)
+		}
+	}()
+	b.exec(batch)
 }
 
 // passSlot, under mu, gives the slot of a leader whose batch is answered
@@ -234,6 +258,7 @@ func (b *batcher) exec(batch []*scriptCall) {
 // answered tells a waiting caller that c.cmd is set (a leader's own call
 // has no one waiting).
 func (c *scriptCall) answered() {
+	c.replied = true
 	if c.done != nil {
 		close(c.done)
 	}

@@ -37,6 +37,7 @@ type gate struct {
 	holds  atomic.Int64  // sends waiting at the gate
 	piped  []int
 	single atomic.Int64
+	panics atomic.Bool // pipelines panic
 }
 
 func (g *gate) close() {
@@ -92,6 +93,9 @@ func (g *gate) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Process
 		g.piped = append(g.piped, len(cmds))
 		g.mu.Unlock()
 		g.wait()
+		if g.panics.Load() {
+			panic("test panic in a pipeline")
+		}
 		return next(ctx, cmds)
 	}
 }
@@ -404,6 +408,49 @@ func TestBatchCancelRaces(t *testing.T) {
 	defer h.b.mu.Unlock()
 	require.Zero(t, h.b.inFlight, "every slot was given back")
 	require.Empty(t, h.b.queue)
+}
+
+// TestBatchPanic: a panic while a batch is sent goes up the leader's call;
+// the batch's other callers get an error, and the slot is free again.
+func TestBatchPanic(t *testing.T) {
+	h := newBatchHarness(t)
+	release, held := h.holdBatch()
+	h.gate.panics.Store(true)
+	const n = 5
+	results := make(chan error, n)
+	for i := range n {
+		go func() {
+			defer func() {
+				if p := recover(); p != nil {
+					results <- fmt.Errorf("leader panicked: %v", p)
+				}
+			}()
+			_, err := h.b.run(context.Background(), echoScript, []string{fmt.Sprintf("k:%d", i)}, []any{"x"})
+			results <- err
+		}()
+	}
+	require.Eventually(t, func() bool { return h.queued() == n }, 10*time.Second, time.Millisecond)
+	release()
+	require.NoError(t, <-held)
+	var leaders, others int
+	for range n {
+		err := <-results
+		require.Error(t, err)
+		switch {
+		case strings.Contains(err.Error(), "leader panicked: test panic"):
+			leaders++
+		case strings.Contains(err.Error(), "panic while sending a batch"):
+			others++
+		default:
+			t.Fatalf("unexpected error %v", err)
+		}
+	}
+	require.Equal(t, 1, leaders)
+	require.Equal(t, n-1, others)
+	h.gate.panics.Store(false)
+	res, err := h.b.run(context.Background(), echoScript, []string{"after"}, []any{"after"})
+	require.NoError(t, err, "the slot was passed on")
+	require.Equal(t, []any{"after", int64(1)}, res)
 }
 
 // TestBatchStoreCanceled: through the store, a canceled caller's error
