@@ -35,6 +35,16 @@
 // writing anything, and answers MOVED when it was wrong; the call is then
 // rebuilt and rerun.
 //
+// Concurrent changes share round trips: while a batch of scripts is on its
+// way, other calls' scripts queue and go out together as one pipeline
+// (batch.go; up to two batches in flight, no delay for a lone call). Each
+// script is still one EVALSHA and atomic; a pipeline is not a transaction:
+// the scripts run one after another, each with its own reply, and one
+// script's error reply (OOM, a script error) fails only its call. A
+// connection failure fails its batch's calls with store.ErrUnavailable
+// (outcome unknown, as for a single command); a caller whose context ends
+// while queued is not sent.
+//
 // Events (store.Event) are published by the scripts on the channel
 // {<prefix>}:events, so every replica's Subscribe sees every replica's
 // schedules and lease releases.
@@ -140,6 +150,10 @@
 // attempts hash too (+1). On issue 5's retry cycle (a first report, three
 // claimed retries, two leased failures, a leased success per job) that is
 // 12.65 commands per attempt, the dispatcher's own reads included.
+//
+// With 50 concurrent reporters (BenchmarkRecordFailureParallel) batching
+// halves the client's CPU per report (about 60 → 30 µs) and cuts Redis's
+// by 10–25% (per-request overhead); commands per report are unchanged.
 //
 // A pending retry (job, first attempt, due and index entries, 36-byte job
 // id, typical labels and error message) takes about 1.35 KB of Redis
