@@ -8,6 +8,8 @@ import (
 	"slices"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
+
 	"github.com/retryd/retryd/store"
 )
 
@@ -201,9 +203,10 @@ func compareUint(a, b uint64) int {
 var errBadCursor = fmt.Errorf("%w: boltstore: invalid list cursor", store.ErrInvalidArgument)
 
 // ListJobs implements store.Store. It walks the listing index of the
-// queried state (or of every state) from the most recently updated job
-// backwards; the cursor is the listing key of the last job returned, so a
-// page starts right after it even when jobs share an update time.
+// queried state (or of every state, merging their ranges) from the most
+// recently updated job backwards; the cursor is the listing key of the last
+// job returned without its state byte, so a page starts right after it
+// even when jobs share an update time.
 func (s *Store) ListJobs(ctx context.Context, q store.ListQuery) (store.JobPage, error) {
 	limit := q.Limit
 	if limit <= 0 {
@@ -223,27 +226,31 @@ func (s *Store) ListJobs(ctx context.Context, q store.ListQuery) (store.JobPage,
 			return store.JobPage{}, fmt.Errorf("%w %q", errBadCursor, q.Cursor)
 		}
 	}
+	states := listStates
+	if state != 0 {
+		states = []store.JobState{state}
+	}
 	var page store.JobPage
 	err := s.view(ctx, func(t *txn) error {
-		prefix := []byte{byte(state)}
-		cur := t.listing.Cursor()
-		var k, lastKey []byte
-		if after == nil {
-			// The last key of the prefix: just before the next prefix.
-			if k, _ = cur.Seek([]byte{byte(state) + 1}); k == nil {
-				k, _ = cur.Last()
-			} else {
-				k, _ = cur.Prev()
-			}
-		} else {
-			target := append(slices.Clone(prefix), after...)
-			if k, _ = cur.Seek(target); k == nil {
-				k, _ = cur.Last()
-			} else {
-				k, _ = cur.Prev() // the first key before the cursor's job
-			}
+		ranges := make([]listRange, len(states))
+		for i, st := range states {
+			ranges[i] = newListRange(t, st, after)
 		}
-		for ; k != nil && bytes.HasPrefix(k, prefix); k, _ = cur.Prev() {
+		var lastKey []byte
+		for {
+			// The most recent entry of any range: keys without their
+			// state byte order by update time, then job id.
+			r := -1
+			for i := range ranges {
+				if ranges[i].k != nil && (r < 0 || bytes.Compare(ranges[i].k[1:], ranges[r].k[1:]) > 0) {
+					r = i
+				}
+			}
+			if r < 0 {
+				return nil
+			}
+			k := ranges[r].k
+			ranges[r].prev()
 			if len(k) < 9 {
 				return fmt.Errorf("%w: listing key %q is too short", errCorrupt, k)
 			}
@@ -269,10 +276,51 @@ func (s *Store) ListJobs(ctx context.Context, q store.ListQuery) (store.JobPage,
 			page.Jobs = append(page.Jobs, toJob(id, j))
 			lastKey = slices.Clone(k)
 		}
-		return nil
 	})
 	if err != nil {
 		return store.JobPage{}, fmt.Errorf("list jobs: %w", err)
 	}
 	return page, nil
+}
+
+// listStates are the states of the listing's ranges, for a ListJobs of
+// every state.
+var listStates = []store.JobState{store.StateProcessing, store.StateFailed, store.StateCompleted, store.StateCanceled}
+
+// listRange walks one state's range of the listing backwards.
+type listRange struct {
+	state byte
+	cur   *bolt.Cursor
+	// k is the current key, nil once the range is behind the walk.
+	k []byte
+}
+
+// newListRange starts at state's most recent entry, or at the first entry
+// before after (a cursor: the listing key of the last job returned, without
+// its state byte).
+func newListRange(t *txn, state store.JobState, after []byte) listRange {
+	r := listRange{state: byte(state), cur: t.listing.Cursor()}
+	target := []byte{byte(state) + 1} // just past the range
+	if after != nil {
+		target = append([]byte{byte(state)}, after...)
+	}
+	if k, _ := r.cur.Seek(target); k == nil {
+		r.k, _ = r.cur.Last()
+	} else {
+		r.k, _ = r.cur.Prev()
+	}
+	r.check()
+	return r
+}
+
+func (r *listRange) prev() {
+	r.k, _ = r.cur.Prev()
+	r.check()
+}
+
+// check ends the walk when it left the range.
+func (r *listRange) check() {
+	if len(r.k) == 0 || r.k[0] != r.state {
+		r.k = nil
+	}
 }

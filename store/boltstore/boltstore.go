@@ -134,9 +134,9 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("boltstore: open %s: %w", path, err)
 	}
 
-	var migrate bool
+	var from byte // the schema of a file to migrate
 	err = update(db, func(tx *bolt.Tx) error {
-		migrate = false
+		from = 0
 		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
 		if err != nil {
 			return err
@@ -151,7 +151,7 @@ func Open(path string, opts Options) (*Store, error) {
 		case v[0] > schemaVersion:
 			return fmt.Errorf("schema version %v is newer than this retryd understands (%d)", v, schemaVersion)
 		case v[0] < schemaVersion:
-			migrate = true
+			from = v[0]
 		}
 		for _, name := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
@@ -160,8 +160,8 @@ func Open(path string, opts Options) (*Store, error) {
 		}
 		return nil
 	})
-	if err == nil && migrate {
-		err = migrateV1(db, migrateChunk)
+	if err == nil && from != 0 {
+		err = migrate(db, from, migrateChunk)
 	}
 	if err != nil {
 		_ = db.Close()

@@ -26,8 +26,10 @@ import (
 // keyed the same way without the kind byte) took three paths. Numbers are
 // big-endian so that byte order is numeric order; times are signed
 // microseconds with the sign bit flipped, which keeps that order for any
-// time. The listing holds two entries per job: one under its state and one
-// under state 0 (any state), so that every ListJobs query is one range scan.
+// time. The listing holds one entry per job, under its state; ListJobs of
+// every state merges the four states' ranges. (Schema 2 kept a second entry
+// under state 0, "any state", which every report moved too: two more
+// changes, a leaf or two more per report, and 70 bytes per job.)
 var (
 	bucketJob     = []byte("job")
 	bucketDue     = []byte("due")
@@ -50,10 +52,11 @@ const (
 
 // schemaVersion is the layout above. Open refuses a file with a newer one
 // and migrates one with an older one (migrate.go).
-const schemaVersion = 2
+const schemaVersion = 3
 
-// listAny is the listing's state byte for "any state".
-const listAny = 0
+// v2ListAny is the state byte of schema 2's second listing entry of every
+// job, under "any state"; schema 3 dropped them (migrate.go).
+const v2ListAny = 0
 
 // payloadPresent prefixes stored payloads so that an empty payload is told
 // apart from none (bbolt may return nil for an empty value).

@@ -23,31 +23,73 @@ var (
 // the memory they take) stay small whatever the file's size.
 const migrateChunk = 10_000
 
-// migrateV1 moves a schema 1 file's jobs, attempts and payloads into the
-// job bucket, chunk keys per transaction, deletes the emptied buckets and
-// records schema 2. Each transaction moves its keys (puts them under their
-// new key and deletes the old one) atomically, so a migration that is
-// interrupted, by a crash or a kill, leaves a file that is still schema 1
-// with part of its keys moved, and the next Open carries on where it
+// migrate brings a file of schema from (1 or 2) to schemaVersion, chunk
+// keys per transaction: from schema 1 it moves the jobs, attempts and
+// payloads into the job bucket and deletes the emptied buckets; from
+// schema 2 it deletes the listing's "any state" entries. Each transaction
+// moves (or deletes) its keys atomically, so a migration that is
+// interrupted, by a crash or a kill, leaves a file that is still of the old
+// schema with part of its keys done, and the next Open carries on where it
 // stopped. Records themselves are unchanged (codec.go versions them).
-func migrateV1(db *bolt.DB, chunk int) error {
-	for _, m := range []struct {
-		bucket []byte
-		kind   byte
-	}{{v1BucketJobs, kindRecord}, {v1BucketAttempts, kindAttempt}, {v1BucketPayloads, kindPayload}} {
-		for {
-			moved, err := migrateStep(db, m.bucket, m.kind, chunk)
-			if err != nil {
-				return fmt.Errorf("migrate schema 1 bucket %q: %w", m.bucket, err)
-			}
-			if moved == 0 {
-				break
+func migrate(db *bolt.DB, from byte, chunk int) error {
+	if from < 2 {
+		for _, m := range []struct {
+			bucket []byte
+			kind   byte
+		}{{v1BucketJobs, kindRecord}, {v1BucketAttempts, kindAttempt}, {v1BucketPayloads, kindPayload}} {
+			for {
+				moved, err := migrateStep(db, m.bucket, m.kind, chunk)
+				if err != nil {
+					return fmt.Errorf("migrate schema 1 bucket %q: %w", m.bucket, err)
+				}
+				if moved == 0 {
+					break
+				}
 			}
 		}
+		if err := setSchema(db, 2); err != nil {
+			return err
+		}
 	}
+	for {
+		deleted, err := dropListAny(db, chunk)
+		if err != nil {
+			return fmt.Errorf("migrate schema 2 listing: %w", err)
+		}
+		if deleted == 0 {
+			break
+		}
+	}
+	return setSchema(db, schemaVersion)
+}
+
+func setSchema(db *bolt.DB, v byte) error {
 	return db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketMeta).Put(keySchema, []byte{schemaVersion})
+		return tx.Bucket(bucketMeta).Put(keySchema, []byte{v})
 	})
+}
+
+// dropListAny deletes up to chunk of schema 2's "any state" listing
+// entries in one transaction and returns how many.
+func dropListAny(db *bolt.DB, chunk int) (int, error) {
+	deleted := 0
+	err := db.Update(func(tx *bolt.Tx) error {
+		deleted = 0
+		b := tx.Bucket(bucketListing)
+		var keys [][]byte
+		c := b.Cursor()
+		for k, _ := c.Seek([]byte{v2ListAny}); k != nil && k[0] == v2ListAny && len(keys) < chunk; k, _ = c.Next() {
+			keys = append(keys, slices.Clone(k))
+		}
+		for _, k := range keys {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		deleted = len(keys)
+		return nil
+	})
+	return deleted, err
 }
 
 // migrateStep moves up to chunk keys of a schema 1 bucket into the job

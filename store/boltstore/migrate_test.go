@@ -3,9 +3,11 @@ package boltstore
 import (
 	"bytes"
 	"compress/gzip"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -17,14 +19,16 @@ import (
 	"github.com/retryd/retryd/store"
 )
 
-// testdata/schema1.db.gz is a data file written by the schema 1 store
-// (commit 6877b07) with seed and seedHistory: jobs scheduled, leased,
-// failed, completed, handed off, and one with two cycles.
+// testdata/schema1.db.gz and schema2.db.gz are data files written by the
+// schema 1 store (commit 6877b07) and the schema 2 store (39567fb) with
+// seed and seedHistory: jobs scheduled, leased, failed, completed, handed
+// off, and one with two cycles.
+var oldSchemas = []byte{1, 2}
 
-// schema1File writes the schema 1 file into a fresh directory.
-func schema1File(t *testing.T) string {
+// oldFile writes the file of schema v into a fresh directory.
+func oldFile(t *testing.T, v byte) string {
 	t.Helper()
-	gz, err := os.ReadFile(filepath.Join("testdata", "schema1.db.gz"))
+	gz, err := os.ReadFile(filepath.Join("testdata", fmt.Sprintf("schema%d.db.gz", v)))
 	require.NoError(t, err)
 	r, err := gzip.NewReader(bytes.NewReader(gz))
 	require.NoError(t, err)
@@ -35,9 +39,9 @@ func schema1File(t *testing.T) string {
 	return path
 }
 
-// wantSchema1State is what the schema 1 file holds, read from a new store
-// given the same calls. Lease ids are random, so they are left out.
-func wantSchema1State(t *testing.T) ([]string, state) {
+// wantOldState is what the old files hold, read from a new store given the
+// same calls. Lease ids are random, so they are left out.
+func wantOldState(t *testing.T) ([]string, state) {
 	t.Helper()
 	s := open(t, Options{})
 	t.Cleanup(func() { require.NoError(t, s.Close()) })
@@ -51,89 +55,119 @@ var ignoreLeaseIDs = cmp.Options{
 	cmpopts.IgnoreFields(store.Lease{}, "LeaseID"),
 }
 
-// schemaOf reads the file's schema version and which buckets it has.
-func schemaOf(t *testing.T, path string) (byte, []string) {
+// layout is what a file holds: its schema version, buckets, and the number
+// of keys of the listing.
+type layout struct {
+	Schema   byte
+	Buckets  []string
+	Listings int
+}
+
+func layoutOf(t *testing.T, path string) layout {
 	t.Helper()
-	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 10 * time.Second})
 	require.NoError(t, err)
 	defer func() { require.NoError(t, db.Close()) }()
-	var (
-		v       byte
-		buckets []string
-	)
+	var l layout
 	require.NoError(t, db.View(func(tx *bolt.Tx) error {
-		v = tx.Bucket(bucketMeta).Get(keySchema)[0]
+		l.Schema = tx.Bucket(bucketMeta).Get(keySchema)[0]
+		l.Listings = tx.Bucket(bucketListing).Stats().KeyN
 		return tx.ForEach(func(name []byte, _ *bolt.Bucket) error {
-			buckets = append(buckets, string(name))
+			l.Buckets = append(l.Buckets, string(name))
 			return nil
 		})
 	}))
-	return v, buckets
+	slices.Sort(l.Buckets)
+	return l
 }
 
-// Opening a schema 1 file migrates it to schema 2 in place: everything it
-// showed is shown the same, the old buckets are gone, and the store works
-// on (the lease taken under schema 1 is reported with its id).
-func TestMigrateSchema1(t *testing.T) {
+// Opening a file of an older schema migrates it in place: everything it
+// showed is shown the same, the old buckets and listing entries are gone,
+// and the store works on (the lease taken under the old schema is
+// reported with its id).
+func TestMigrate(t *testing.T) {
 	t.Parallel()
-	ids, want := wantSchema1State(t)
-	path := schema1File(t)
-	v, _ := schemaOf(t, path)
-	require.Equal(t, byte(1), v, "the test file is schema 1")
+	ids, want := wantOldState(t)
+	for _, v := range oldSchemas {
+		t.Run(fmt.Sprintf("schema-%d", v), func(t *testing.T) {
+			t.Parallel()
+			path := oldFile(t, v)
+			require.Equal(t, v, layoutOf(t, path).Schema, "the test file's schema")
 
-	s, err := Open(path, Options{})
-	require.NoError(t, err)
-	got := readState(t, s, ids)
-	if d := cmp.Diff(want, got, ignoreLeaseIDs); d != "" {
-		t.Fatalf("state after migration (-want +got):\n%s", d)
+			s, err := Open(path, Options{})
+			require.NoError(t, err)
+			got := readState(t, s, ids)
+			if d := cmp.Diff(want, got, ignoreLeaseIDs); d != "" {
+				t.Fatalf("state after migration (-want +got):\n%s", d)
+			}
+			require.Len(t, got.Expired, 1)
+			lease := got.Expired[0]
+			ctx := t.Context()
+			_, err = s.RecordFailure(ctx, store.Failure{
+				JobID: lease.JobID, Phase: lease.Phase, RetryCount: lease.RetryCount, LeaseID: lease.LeaseID, LeaseExpired: true,
+				ErrorType: "LeaseExpired", Now: base.Add(24 * time.Hour),
+				Verdict: store.Verdict{Decision: store.DecisionGiveUp, Reason: "gave up."},
+			})
+			require.NoError(t, err, "the old file's lease is held")
+			j, err := s.GetJob(ctx, lease.JobID)
+			require.NoError(t, err)
+			require.Equal(t, store.StateFailed, j.State)
+			require.Len(t, j.Attempts, 2)
+			require.NoError(t, s.Close())
+
+			require.Equal(t, layout{
+				Schema:   schemaVersion,
+				Buckets:  []string{"due", "job", "leases", "listing", "meta", "stats"},
+				Listings: len(ids),
+			}, layoutOf(t, path))
+		})
 	}
-	require.Len(t, got.Expired, 1)
-	lease := got.Expired[0]
-	ctx := t.Context()
-	_, err = s.RecordFailure(ctx, store.Failure{
-		JobID: lease.JobID, Phase: lease.Phase, RetryCount: lease.RetryCount, LeaseID: lease.LeaseID, LeaseExpired: true,
-		ErrorType: "LeaseExpired", Now: base.Add(24 * time.Hour),
-		Verdict: store.Verdict{Decision: store.DecisionGiveUp, Reason: "gave up."},
-	})
-	require.NoError(t, err, "the schema 1 lease is held")
-	j, err := s.GetJob(ctx, lease.JobID)
-	require.NoError(t, err)
-	require.Equal(t, store.StateFailed, j.State)
-	require.Len(t, j.Attempts, 2)
-	require.NoError(t, s.Close())
-
-	v, buckets := schemaOf(t, path)
-	require.Equal(t, byte(schemaVersion), v)
-	require.ElementsMatch(t, []string{"job", "due", "leases", "listing", "stats", "meta"}, buckets)
 }
 
 // A migration cut short (a crash between its transactions) is carried on
 // by the next Open.
 func TestMigrateResumes(t *testing.T) {
 	t.Parallel()
-	ids, want := wantSchema1State(t)
-	path := schema1File(t)
-	db, err := bolt.Open(path, 0o600, nil)
-	require.NoError(t, err)
-	require.NoError(t, db.Update(func(tx *bolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(bucketJob)
-		return err
-	}))
-	for _, m := range []struct {
-		bucket []byte
-		kind   byte
-	}{{v1BucketJobs, kindRecord}, {v1BucketAttempts, kindAttempt}} {
-		moved, err := migrateStep(db, m.bucket, m.kind, 2)
-		require.NoError(t, err)
-		require.Equal(t, 2, moved)
-	}
-	require.NoError(t, db.Close())
+	ids, want := wantOldState(t)
+	for _, v := range oldSchemas {
+		t.Run(fmt.Sprintf("schema-%d", v), func(t *testing.T) {
+			t.Parallel()
+			path := oldFile(t, v)
+			db, err := bolt.Open(path, 0o600, nil)
+			require.NoError(t, err)
+			if v == 1 {
+				require.NoError(t, db.Update(func(tx *bolt.Tx) error {
+					_, err := tx.CreateBucketIfNotExists(bucketJob)
+					return err
+				}))
+				for _, m := range []struct {
+					bucket []byte
+					kind   byte
+				}{{v1BucketJobs, kindRecord}, {v1BucketAttempts, kindAttempt}} {
+					moved, err := migrateStep(db, m.bucket, m.kind, 2)
+					require.NoError(t, err)
+					require.Equal(t, 2, moved)
+				}
+			} else {
+				deleted, err := dropListAny(db, 2)
+				require.NoError(t, err)
+				require.Equal(t, 2, deleted)
+			}
+			require.NoError(t, db.Close())
 
-	s, err := Open(path, Options{})
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, s.Close()) })
-	if d := cmp.Diff(want, readState(t, s, ids), ignoreLeaseIDs); d != "" {
-		t.Fatalf("state after a resumed migration (-want +got):\n%s", d)
+			s, err := Open(path, Options{})
+			require.NoError(t, err)
+			got := readState(t, s, ids)
+			require.NoError(t, s.Close())
+			if d := cmp.Diff(want, got, ignoreLeaseIDs); d != "" {
+				t.Fatalf("state after a resumed migration (-want +got):\n%s", d)
+			}
+			require.Equal(t, layout{
+				Schema:   schemaVersion,
+				Buckets:  []string{"due", "job", "leases", "listing", "meta", "stats"},
+				Listings: len(ids),
+			}, layoutOf(t, path))
+		})
 	}
 }
 

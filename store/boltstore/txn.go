@@ -76,15 +76,9 @@ func (t *txn) putJob(id string, j *jobRecord) error {
 	}
 	if !j.listed || j.listState != j.State || j.listUS != j.UpdatedUS {
 		if j.listed {
-			if err := t.listing.Delete(listingKey(listAny, j.listUS, id)); err != nil {
-				return err
-			}
 			if err := t.listing.Delete(listingKey(j.listState, j.listUS, id)); err != nil {
 				return err
 			}
-		}
-		if err := t.listing.Put(listingKey(listAny, j.UpdatedUS, id), nil); err != nil {
-			return err
 		}
 		if err := t.listing.Put(listingKey(j.State, j.UpdatedUS, id), nil); err != nil {
 			return err
@@ -102,9 +96,6 @@ func (t *txn) deleteJob(id string, j *jobRecord) error {
 		}
 	}
 	if j.listed {
-		if err := t.listing.Delete(listingKey(listAny, j.listUS, id)); err != nil {
-			return err
-		}
 		if err := t.listing.Delete(listingKey(j.listState, j.listUS, id)); err != nil {
 			return err
 		}
