@@ -169,6 +169,12 @@ func (s *Store) GetJob(ctx context.Context, jobID string) (store.Job, error) {
 			if err != nil {
 				return fmt.Errorf("attempt of job %q: %w", jobID, err)
 			}
+			if a.PayloadRef {
+				var ok bool
+				if a.Payload, ok = t.payload(jobID, a.Phase); !ok {
+					return fmt.Errorf("%w: attempt of job %q refers to the payload of phase %q, which is missing", errCorrupt, jobID, a.Phase)
+				}
+			}
 			records = append(records, a)
 		}
 		// Keys order attempts by cycle and phase name; Seq is the order

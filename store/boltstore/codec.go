@@ -27,7 +27,7 @@ import (
 
 const (
 	jobVersion     = 1
-	attemptVersion = 1
+	attemptVersion = 2
 	statsVersion   = 1
 )
 
@@ -101,6 +101,13 @@ type attemptRecord struct {
 	// ResultState is the job state a success produced, returned again to a
 	// repeated report of it.
 	ResultState store.JobState
+
+	// PayloadRef (version 2) says that the attempt's payload is the one
+	// stored for its job and phase, and Payload is then empty: most
+	// attempts run with the phase's payload, and a copy in each took about
+	// a tenth of the file per pending retry. putPayload gives such
+	// attempts a copy of their own before it replaces the stored one.
+	PayloadRef bool
 }
 
 // statsRecord are one phase's counters of one hour.
@@ -360,12 +367,13 @@ func encodeAttempt(a *attemptRecord) []byte {
 	e.varint(a.DelayNS)
 	e.varint(a.VerdictDueUS)
 	e.uvarint(uint64(a.ResultState))
+	e.bool(a.PayloadRef)
 	return e.b
 }
 
 func decodeAttempt(b []byte) (*attemptRecord, error) {
 	d := decoder{b: b}
-	d.version("attempt", attemptVersion)
+	v := d.version("attempt", attemptVersion)
 	a := &attemptRecord{
 		Seq:            d.uvarint(),
 		Cycle:          d.u32(),
@@ -387,6 +395,9 @@ func decodeAttempt(b []byte) (*attemptRecord, error) {
 		DelayNS:        d.varint(),
 		VerdictDueUS:   d.varint(),
 		ResultState:    store.JobState(d.u8()),
+	}
+	if v >= 2 {
+		a.PayloadRef = d.bool()
 	}
 	if err := d.done("attempt"); err != nil {
 		return nil, err

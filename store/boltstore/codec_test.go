@@ -107,3 +107,19 @@ func TestKeys(t *testing.T) {
 	require.Equal(t, int64(3600_000_000), hourOf(3600_000_000))
 	require.Equal(t, int64(-3600_000_000), hourOf(-1))
 }
+
+// Attempt records of version 1 (written before PayloadRef) still decode,
+// with a payload of their own.
+func TestCodecReadsAttemptV1(t *testing.T) {
+	t.Parallel()
+	ref := *sampleAttempt
+	ref.PayloadRef = true
+	enc := encodeAttempt(&ref)
+	require.Equal(t, byte(1), enc[len(enc)-1], "PayloadRef is the last byte")
+	v1 := append([]byte{1}, enc[1:len(enc)-1]...)
+	a, err := decodeAttempt(v1)
+	require.NoError(t, err)
+	if d := cmp.Diff(sampleAttempt, a, recordCmp); d != "" {
+		t.Errorf("attempt v1 (-want +got):\n%s", d)
+	}
+}

@@ -84,13 +84,16 @@ func (t *txn) check(r report) (checked, error) {
 // and stored payload, and the stats. It returns the lease it ended, if any.
 func (t *txn) record(r report, j *jobRecord, a *attemptRecord) (endedLease string, err error) {
 	nowUS := store.NowMicros(r.now)
+	// The attempt ran with the phase's stored payload: the report's, stored
+	// now, or the one stored before. It refers to it (PayloadRef) rather
+	// than keeping a copy.
 	if r.payload != nil {
 		if err := t.putPayload(r.jobID, r.phase, r.payload); err != nil {
 			return "", err
 		}
-		a.Payload = r.payload
+		a.PayloadRef = true
 	} else {
-		a.Payload, _ = t.payload(r.jobID, r.phase)
+		a.PayloadRef = len(t.jobs.Get(payloadKey(r.jobID, r.phase))) > 0
 	}
 	a.Cycle, a.Phase, a.RetryCount = j.Cycle, r.phase, r.retry
 	a.FinishedUS = nowUS

@@ -153,10 +153,57 @@ func (t *txn) payload(id, phase string) ([]byte, bool) {
 	return slices.Clone(v[1:]), true
 }
 
+// putPayload stores p as the payload of the job's phase. When it replaces
+// a different payload, the attempts that share the old one (PayloadRef)
+// get a copy of it first.
 func (t *txn) putPayload(id, phase string, p []byte) error {
+	key := payloadKey(id, phase)
+	if old := t.jobs.Get(key); len(old) > 0 {
+		if bytes.Equal(old[1:], p) {
+			return nil
+		}
+		if err := t.unshare(id, phase, slices.Clone(old[1:])); err != nil {
+			return err
+		}
+	}
 	v := make([]byte, 0, 1+len(p))
 	v = append(append(v, payloadPresent), p...)
-	return t.jobs.Put(payloadKey(id, phase), v)
+	return t.jobs.Put(key, v)
+}
+
+// unshare gives the attempts of the job's phase that share its stored
+// payload, old, a copy of it.
+func (t *txn) unshare(id, phase string, old []byte) error {
+	type update struct {
+		key []byte
+		a   *attemptRecord
+	}
+	var updates []update
+	prefix := attemptsPrefix(id)
+	cur := t.jobs.Cursor()
+	for k, v := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = cur.Next() {
+		p, err := attemptKeyPhase(id, k)
+		if err != nil {
+			return err
+		}
+		if p != phase {
+			continue
+		}
+		a, err := decodeAttempt(v)
+		if err != nil {
+			return fmt.Errorf("attempt of job %q: %w", id, err)
+		}
+		if a.PayloadRef {
+			a.PayloadRef, a.Payload = false, old
+			updates = append(updates, update{slices.Clone(k), a})
+		}
+	}
+	for _, u := range updates {
+		if err := t.jobs.Put(u.key, encodeAttempt(u.a)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // attempt reads one attempt; nil when it was never recorded.
