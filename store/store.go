@@ -392,6 +392,17 @@ type JobPage struct {
 	NextCursor string
 }
 
+// MaxStatsErrorTypes bounds the distinct error types the stats count per
+// phase and hour; the failures of further types that hour count under
+// OtherErrorType. Without it a worker whose error types vary without end
+// (an id or a message in the class name) would grow the counters by one
+// per failure. The same bound and name as retryd's metric label.
+const MaxStatsErrorTypes = 200
+
+// OtherErrorType is the error type the stats count failures under beyond
+// MaxStatsErrorTypes.
+const OtherErrorType = "other"
+
 // StatsQuery picks the window and phase of Stats.
 type StatsQuery struct {
 	Since time.Time
@@ -411,7 +422,9 @@ type PhaseStats struct {
 	SuccessfulRetries uint64
 	// GivenUp: failed attempts whose verdict was to give up.
 	GivenUp uint64
-	// FailuresByType counts failed attempts by error type.
+	// FailuresByType counts failed attempts by error type: at most
+	// MaxStatsErrorTypes types per phase and hour, the failures of further
+	// types that hour under OtherErrorType.
 	FailuresByType map[string]uint64
 }
 

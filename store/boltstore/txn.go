@@ -239,9 +239,27 @@ func (t *txn) count(a *attemptRecord) error {
 		if rec.FailuresByType == nil {
 			rec.FailuresByType = map[string]uint64{}
 		}
-		rec.FailuresByType[a.ErrorType]++
+		rec.FailuresByType[statsErrorType(rec.FailuresByType, a.ErrorType)]++
 	}
 	return t.stats.Put(key, encodeStats(rec))
+}
+
+// statsErrorType is the type a failure counts under in an hour's counters
+// of a phase: its own, or store.OtherErrorType once the counters hold
+// store.MaxStatsErrorTypes other types (so that one record, rewritten by
+// every report, stays small).
+func statsErrorType(counted map[string]uint64, typ string) string {
+	if _, ok := counted[typ]; ok || typ == store.OtherErrorType {
+		return typ
+	}
+	n := len(counted)
+	if _, ok := counted[store.OtherErrorType]; ok {
+		n--
+	}
+	if n >= store.MaxStatsErrorTypes {
+		return store.OtherErrorType
+	}
+	return typ
 }
 
 // toJob converts a record to a store.Job (without attempts).

@@ -125,7 +125,11 @@
 // failed and given up), "1" if retry_count > 0 else "0", the phase as a
 // length-prefixed field, and the error type (failures); its value counts
 // such attempts. One HINCRBY per attempt keeps every counter of
-// store.PhaseStats.
+// store.PhaseStats. A phase counts at most store.MaxStatsErrorTypes error
+// types per hour: the field "t0" and the phase as a length-prefixed field
+// counts them, and a failure of a further type counts under
+// store.OtherErrorType (capTypes in the script prelude; it runs only when a
+// report creates a field, so it costs the common report nothing).
 //
 // An event message is one or more events: "s" phase-field due-µs-field
 // (EventScheduled) or "r" lease-id-field (EventLeaseReleased).

@@ -384,7 +384,8 @@ func (s *Store) Stats(ctx context.Context, q store.StatsQuery) ([]store.PhaseSta
 			if err != nil {
 				return nil, s.wrap("stats", err)
 			}
-			if q.Phase != "" && k.phase != q.Phase {
+			// A phase's count of error types (capTypes), not a counter of attempts.
+			if k.outcome == 't' || q.Phase != "" && k.phase != q.Phase {
 				continue
 			}
 			n, err := strconv.ParseUint(v, 10, 64)

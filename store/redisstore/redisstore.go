@@ -317,6 +317,7 @@ const statsHourMicros = int64(store.StatsBucket / time.Microsecond)
 var luaPrelude = fmt.Sprintf(`
 local OK, DUPLICATE, CONFLICT, TERMINAL, LEASE_NOT_HELD, LEASE_ACTIVE = %d, %d, %d, %d, %d, %d
 local PENDING, MOVED, NOT_FOUND, NOT_FAILED, UNKNOWN_PHASE = %d, %d, %d, %d, %d
+local MAX_TYPES, OTHER = %d, %q
 -- ns encodes one length-prefixed field (codec.go).
 local function ns(s) return #s .. ':' .. s end
 -- fields decodes a string of length-prefixed fields into a list.
@@ -342,8 +343,32 @@ local function bucket(st)
   if st == '3' then return 'c' end
   return 'x'
 end
+-- capTypes bounds the error types a stats hash counts per phase
+-- (store.MaxStatsErrorTypes). f is a failure's stats field (codec.go), just
+-- created by HINCRBY: when its error type is new to the phase this hour and
+-- the phase has its fill of types, the failure is moved to the type
+-- OTHER. Each phase's count of types is the field "t0" .. ns(phase), which
+-- Stats skips. Only a report that creates a field comes here: once an
+-- hour per phase, outcome and type.
+local function capTypes(key, f)
+  local rest = string.sub(f, 3)
+  local c = string.find(rest, ':', 1, true)
+  local phasef = string.sub(rest, 1, c + tonumber(string.sub(rest, 1, c - 1)))
+  if string.sub(rest, #phasef + 1) == OTHER then return end
+  local seen = 0
+  for _, v in ipairs(redis.call('HMGET', key, 'r0' .. rest, 'r1' .. rest, 'g0' .. rest, 'g1' .. rest)) do
+    if v then seen = seen + 1 end
+  end
+  if seen > 1 then return end
+  local counter = 't0' .. phasef
+  if redis.call('HINCRBY', key, counter, 1) <= MAX_TYPES then return end
+  redis.call('HINCRBY', key, counter, -1)
+  redis.call('HDEL', key, f)
+  redis.call('HINCRBY', key, string.sub(f, 1, 2) .. phasef .. OTHER, 1)
+end
 `, codeOK, codeDuplicate, codeConflict, codeTerminal, codeLeaseNotHeld, codeLeaseActive,
-	codePending, codeMoved, codeNotFound, codeNotFailed, codeUnknownPhase)
+	codePending, codeMoved, codeNotFound, codeNotFailed, codeUnknownPhase,
+	store.MaxStatsErrorTypes, store.OtherErrorType)
 
 // newScript compiles a script body with the prelude.
 func newScript(body string) *redis.Script { return redis.NewScript(luaPrelude + body) }

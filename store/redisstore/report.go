@@ -170,6 +170,7 @@ redis.call('ZADD', KEYS[6], now, id)
 if ARGV[22] == '1' then redis.call('SADD', KEYS[7], phase) end
 if redis.call('HINCRBY', KEYS[8], ARGV[18], 1) == 1 then
   redis.call('ZADD', KEYS[9], ARGV[19], ARGV[19])
+  capTypes(KEYS[8], ARGV[18])
 end
 if events ~= '' then redis.call('PUBLISH', ARGV[20], events) end
 return {OK}

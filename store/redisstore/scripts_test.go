@@ -55,7 +55,7 @@ func scheduledState() state {
 		"{t}:due:extraction":   zset{{"job-1", usn(time.Minute)}},
 		"{t}:idx:p:extraction": zset{{"job-1", usn(0)}},
 		"{t}:phases":           set{"extraction"},
-		statsHour0:             hash{"r0" + fld("extraction") + "requests.exceptions.ConnectionError": "1"},
+		statsHour0:             hash{"r0" + fld("extraction") + "requests.exceptions.ConnectionError": "1", "t0" + fld("extraction"): "1"},
 		"{t}:hours":            hoursSet,
 	}
 }
@@ -84,6 +84,7 @@ func failedState() state {
 	delete(st, "{t}:idx:p:extraction")
 	st["{t}:idx:f:extraction"] = zset{{"job-1", usn(3 * time.Minute)}}
 	st[statsHour0].(hash)["g1"+fld("extraction")+"ValidationError"] = "1"
+	st[statsHour0].(hash)["t0"+fld("extraction")] = "2" // error types counted in the phase this hour
 	return st
 }
 
@@ -157,6 +158,7 @@ func TestRecordFailureRetriesLeased(t *testing.T) {
 	want["{t}:due:extraction"] = zset{{"job-1", usn(450 * time.Second)}}
 	want["{t}:idx:p:extraction"] = zset{{"job-1", usn(150 * time.Second)}}
 	want[statsHour0].(hash)["r1"+fld("extraction")+"LeaseExpired"] = "1"
+	want[statsHour0].(hash)["t0"+fld("extraction")] = "2"
 	h.requireState(want, "the reaper's report")
 	require.Equal(t, []string{"r" + fld(leaseL1) + "s" + fld("extraction", us(450*time.Second))}, events())
 }
@@ -221,6 +223,7 @@ func TestReportInAnotherPhase(t *testing.T) {
 	want["{t}:idx:f:kg_ingest"] = zset{{"job-1", usn(time.Minute)}}
 	want["{t}:phases"] = set{"chunking", "extraction", "kg_ingest"}
 	want[statsHour0].(hash)["g0"+fld("kg_ingest")+f.ErrorType] = "1"
+	want[statsHour0].(hash)["t0"+fld("kg_ingest")] = "1"
 	h.requireState(want, "a report in another phase")
 }
 
@@ -435,6 +438,15 @@ func TestRefusalsChangeNothing(t *testing.T) {
 // count, to tell whether a report probed the attempts hash.
 func (h *harness) hmgets() int64 { return h.calls("hmget") }
 
+// counted gives f's stats counter a value before f is reported, so that the
+// report increments it rather than creating it (which counts the phase's
+// error types, with an HMGET of its own: capTypes).
+func (h *harness) counted(f store.Failure, outcome byte) {
+	h.t.Helper()
+	key := "{t}:stats:" + strconv.FormatInt(statsHourOf(f.Now), 10)
+	require.NoError(h.t, h.rdb.HSet(h.ctx, key, statsField(outcome, f.RetryCount, f.Phase, f.ErrorType), 5).Err())
+}
+
 // calls returns how many times Redis has run the command (lower case)
 // since the last count; it resets every counter.
 func (h *harness) calls(cmd string) int64 {
@@ -464,6 +476,7 @@ func TestLeasedReportSkipsProbe(t *testing.T) {
 		Decision: store.DecisionRetry, Retryable: true, Reason: "retry 2 of 3 in 5m.",
 		NextRetryCount: 2, Delay: 5 * time.Minute, DueAt: f.Now.Add(5 * time.Minute),
 	}
+	h.counted(f, 'r')
 	h.hmgets()
 	res, err := h.s.RecordFailure(h.ctx, f)
 	require.NoError(t, err)
@@ -519,6 +532,7 @@ func TestOutOfOrderAttemptIsProbed(t *testing.T) {
 	retry := giveUpReport()
 	retry.LeaseID, retry.Now = task.LeaseID, t0.Add(time.Hour)
 	retry.Verdict = store.Verdict{Decision: store.DecisionRetry, Retryable: true, Reason: "again", NextRetryCount: 2, Delay: time.Second, DueAt: retry.Now.Add(time.Second)}
+	h.counted(retry, 'r')
 	h.hmgets()
 	_, err = h.s.RecordFailure(h.ctx, retry)
 	require.NoError(t, err)

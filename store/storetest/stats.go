@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -99,6 +100,49 @@ func testStats(t *testing.T, newStore Factory) {
 			Phase: extraction, Attempts: 3, Retries: 2, SuccessfulRetries: 1,
 			FailuresByType: map[string]uint64{"requests.exceptions.ConnectionError": 1, "LeaseExpired": 1},
 		}}, h.stats(store.StatsQuery{Since: at(0), Until: at(time.Hour)}), "Stats")
+	})
+
+	// A worker whose error types never repeat (an id in the class name)
+	// grows the counters by at most store.MaxStatsErrorTypes types per
+	// phase and hour; further types count as store.OtherErrorType, types
+	// already counted keep their own counter, and another phase or hour
+	// has its own bound.
+	t.Run("ErrorTypesBounded", func(t *testing.T) {
+		h := setup(t, newStore)
+		const extra = 3
+		want := store.PhaseStats{Phase: extraction, FailuresByType: map[string]uint64{}}
+		for i := range store.MaxStatsErrorTypes + extra {
+			typ := fmt.Sprintf("Error%03d", i)
+			outcome := "retry"
+			if i%2 == 1 {
+				outcome = "give-up"
+				want.GivenUp++
+			}
+			h.report(fmt.Sprintf("a-%d", i), extraction, 0, at(time.Duration(i)*time.Second), outcome, typ)
+			want.Attempts++
+			if i < store.MaxStatsErrorTypes {
+				want.FailuresByType[typ]++
+			} else {
+				want.FailuresByType[store.OtherErrorType]++
+			}
+		}
+		// A type counted before the bound was reached keeps its counter,
+		// in either outcome; "other" itself is no new type.
+		h.report("b-1", extraction, 0, at(20*time.Minute), "give-up", "Error000")
+		h.report("b-2", extraction, 0, at(21*time.Minute), "retry", store.OtherErrorType)
+		want.Attempts += 2
+		want.GivenUp++
+		want.FailuresByType["Error000"]++
+		want.FailuresByType[store.OtherErrorType]++
+		// Another phase, and the next hour, count their own types.
+		h.report("c-1", chunking, 0, at(30*time.Minute), "retry", "Error999")
+		h.report("d-1", extraction, 0, at(time.Hour+time.Minute), "retry", "Error999")
+		want.Attempts++
+		want.FailuresByType["Error999"]++
+		requireEqual(t, []store.PhaseStats{
+			{Phase: chunking, Attempts: 1, FailuresByType: map[string]uint64{"Error999": 1}},
+			want,
+		}, h.stats(store.StatsQuery{Since: at(0), Until: at(2 * time.Hour)}), "Stats")
 	})
 
 	t.Run("RefusedReportsNotCounted", func(t *testing.T) {
