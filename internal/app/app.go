@@ -15,9 +15,12 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/retryd/retryd/internal/auth"
 	"github.com/retryd/retryd/internal/config"
 	"github.com/retryd/retryd/internal/metrics"
+	"github.com/retryd/retryd/internal/redislog"
 	"github.com/retryd/retryd/scheduler"
 	"github.com/retryd/retryd/server"
 	"github.com/retryd/retryd/store"
@@ -181,6 +184,9 @@ func openStore(ctx context.Context, cfg config.Config, log *slog.Logger) (store.
 		maxTerminal = store.NoCountBound
 	}
 	if cfg.RedisURL != "" {
+		// go-redis's own lines (a dial retry each, while Redis is down)
+		// go to the structured log, once per kind every 10 s.
+		redis.SetLogger(redislog.New(log, redislog.DefaultInterval, nil))
 		st, err := redisstore.Open(ctx, cfg.RedisURL, redisstore.Options{
 			Prefix:          cfg.RedisPrefix,
 			JobRetention:    cfg.JobRetention,

@@ -286,7 +286,7 @@ func (p *proc) problems(allowed ...string) []string {
 	var out []string
 	for _, line := range strings.Split(p.logs.String(), "\n") {
 		bad := strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR") ||
-			strings.HasPrefix(line, "redis: ") || strings.Contains(line, "panic")
+			strings.HasPrefix(line, "redis: ") || strings.Contains(line, "component=go-redis") || strings.Contains(line, "panic")
 		for _, a := range allowed {
 			if strings.Contains(line, a) {
 				bad = false

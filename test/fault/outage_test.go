@@ -87,7 +87,7 @@ func TestRedisOutage(t *testing.T) {
 		perCall := p.logs.count(from, to, "msg=\"store unavailable\"") + p.logs.count(from, to, "msg=\"finished call\"")
 		own := float64(lines-perCall) / window.Seconds()
 		t.Logf("%s during the outage: %.0f%% of a core (%v CPU in %v); log lines/s: %.1f of its own (%.1f from go-redis), %.1f for refused calls; goroutines %.0f → %.0f, RSS %.1f → %.1f MB",
-			p.name, 100*share, cpu, window.Round(time.Millisecond), own, float64(p.logs.count(from, to, "redis: "))/window.Seconds(),
+			p.name, 100*share, cpu, window.Round(time.Millisecond), own, float64(p.logs.count(from, to, "component=go-redis"))/window.Seconds(),
 			float64(perCall)/window.Seconds(), before[p.name].goroutines, during[p.name].goroutines, before[p.name].rssMB, during[p.name].rssMB)
 		require.Less(t, share, 0.25, "%s spins while Redis is down", p.name)
 		require.Less(t, own, 25.0, "%s floods its log while Redis is down", p.name)
