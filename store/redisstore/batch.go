@@ -2,8 +2,10 @@ package redisstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -132,6 +134,7 @@ func (b *batcher) run(ctx context.Context, script *redis.Script, keys []string, 
 // leave the batch's other callers waiting and the slot taken: they get an
 // error, and the panic goes on.
 func (b *batcher) send(batch []*scriptCall) {
+	var failed error
 	defer func() {
 		p := recover()
 		if p != nil {
@@ -145,6 +148,9 @@ func (b *batcher) send(batch []*scriptCall) {
 			}
 		}
 		b.mu.Lock()
+		if failed != nil {
+			b.failQueue(failed)
+		}
 		b.passSlot()
 		b.mu.Unlock()
 		if p != nil {
@@ -152,6 +158,39 @@ func (b *batcher) send(batch []*scriptCall) {
 		}
 	}()
 	b.exec(batch)
+	failed = connectionFailure(batch)
+}
+
+// connectionFailure returns the error of a batch that failed to reach
+// Redis (after go-redis's retries), nil when Redis answered it (replies
+// that are errors, such as OOM, included).
+func connectionFailure(batch []*scriptCall) error {
+	for _, c := range batch {
+		err := c.cmd.Err()
+		if err == nil || errors.Is(err, redis.Nil) {
+			continue
+		}
+		var re redis.Error
+		if !errors.As(err, &re) || isConnErr(err) {
+			return err
+		}
+	}
+	return nil
+}
+
+// failQueue, under mu, answers every queued call with err, the connection
+// failure of the batch just sent: while Redis cannot be reached, a call
+// that waited for a slot would otherwise wait a second time, for its own
+// batch's retries and redials, and answer after its caller gave up. The
+// calls queued while that batch failed fail with it (their outcome is
+// known: not sent); later calls try again.
+func (b *batcher) failQueue(err error) {
+	for _, c := range b.queue {
+		c.cmd = redis.NewCmd(context.Background())
+		c.cmd.SetErr(err)
+		c.answered()
+	}
+	b.queue = nil
 }
 
 // passSlot, under mu, gives the slot of a leader whose batch is answered
@@ -211,12 +250,17 @@ func (b *batcher) abandon(c *scriptCall) {
 	}
 }
 
-// exec runs a batch and answers its calls. The calls' contexts do not
-// bound it (a caller that gives up must not fail the others' scripts);
-// go-redis's read and write timeouts do. The context carries the first
-// call's values (for tracing hooks).
+// exec runs a batch and answers its calls. A caller that gives up must not
+// fail the others' scripts, so the calls' cancellations do not end it; it
+// ends at the latest of their deadlines (when all have one), by which
+// every caller has given up, and otherwise at go-redis's read and write
+// timeouts. A leader, who waits for its batch, thus answers by its own
+// deadline when it sends alone (and in an outage, whose calls fail the
+// queue, mostly does). The context carries the first call's values (for
+// tracing hooks).
 func (b *batcher) exec(batch []*scriptCall) {
-	ctx := context.WithoutCancel(batch[0].ctx)
+	ctx, cancel := batchContext(batch)
+	defer cancel()
 	if len(batch) == 1 {
 		// A lone call: no pipeline to build.
 		c := batch[0]
@@ -253,6 +297,23 @@ func (b *batcher) exec(batch []*scriptCall) {
 	for _, c := range unknown {
 		c.answered()
 	}
+}
+
+// batchContext is the context of a batch: none of its calls' cancellation,
+// the latest of their deadlines when every call has one.
+func batchContext(batch []*scriptCall) (context.Context, context.CancelFunc) {
+	ctx := context.WithoutCancel(batch[0].ctx)
+	var latest time.Time
+	for _, c := range batch {
+		d, ok := c.ctx.Deadline()
+		if !ok {
+			return ctx, func() {}
+		}
+		if d.After(latest) {
+			latest = d
+		}
+	}
+	return context.WithDeadline(ctx, latest)
 }
 
 // answered tells a waiting caller that c.cmd is set (a leader's own call

@@ -562,3 +562,48 @@ func TestBatchStoreClose(t *testing.T) {
 	require.ErrorIs(t, err, store.ErrUnavailable)
 	require.ErrorIs(t, err, redis.ErrClosed)
 }
+
+// TestBatchOutageAnswersByDeadline: with go-redis's default retries, which
+// redial a dead Redis for a second or more, a caller is answered by its
+// deadline: a batch ends at the latest deadline of its calls, and the
+// calls queued behind a batch that could not reach Redis fail with it,
+// unsent, instead of waiting for a batch (and its redials) of their own.
+func TestBatchOutageAnswersByDeadline(t *testing.T) {
+	t.Parallel()
+	srv := testredis.Start(t)
+	rdb := redis.NewClient(&redis.Options{Network: "unix", Addr: srv.Addr()}) // go-redis's default retries
+	t.Cleanup(func() { _ = rdb.Close() })
+	g := &gate{}
+	rdb.AddHook(g)
+	h := startBatcher(t, srv, rdb, g, "")
+	s := &Store{}
+
+	release, held := h.holdBatch()
+	deadline := time.Now().Add(5 * time.Second)
+	ctxs := make([]context.Context, 30)
+	for i := range ctxs {
+		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		t.Cleanup(cancel)
+		ctxs[i] = ctx
+	}
+	replies := h.callAll(ctxs, func(i int) string { return fmt.Sprint(i) })
+	srv.Kill()
+	release()
+	require.ErrorIs(t, s.wrap("test", <-held), store.ErrUnavailable)
+	failed := time.Now()
+	for i, ch := range replies {
+		r := <-ch
+		require.ErrorIs(t, s.wrap("test", r.err), store.ErrUnavailable, "call %d: %v", i, r.err)
+	}
+	require.Less(t, time.Since(failed), time.Second, "the queued calls failed with the held batch, not after redials of their own")
+	require.Empty(t, g.pipelines(), "the queued calls were not sent")
+
+	// A lone call against the dead Redis ends at its deadline, not after
+	// go-redis's redials.
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := h.b.run(ctx, echoScript, []string{"k:lone"}, []any{"x"})
+	require.ErrorIs(t, s.wrap("test", err), store.ErrUnavailable)
+	require.Less(t, time.Since(start), time.Second, "bounded by its 300ms deadline")
+}

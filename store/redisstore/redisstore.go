@@ -159,7 +159,9 @@ func Open(ctx context.Context, rawURL string, opts Options) (*Store, error) {
 	}
 	s := newStore(client, opts)
 	s.owned = true
-	if err := s.Ping(ctx); err != nil {
+	// A plain PING: a full Redis (OOM) must not stop retryd from starting
+	// (it reports NOT_SERVING until Redis has room again).
+	if err := s.wrap("ping", client.Ping(ctx).Err()); err != nil {
 		_ = client.Close()
 		return nil, err
 	}
@@ -191,9 +193,16 @@ func newStore(client redis.UniversalClient, opts Options) *Store {
 	return &Store{client: client, opts: opts, k: newKeys(opts.Prefix), done: make(chan struct{}), batch: newBatcher(client)}
 }
 
-// Ping reports whether Redis answers.
+// Ping reports whether Redis answers and accepts writes to the store's
+// keys. A replica that became read-only in a failover (READONLY) or a full
+// Redis under noeviction (OOM) still answers PING while refusing every
+// report and claim, so the probe is a write that changes nothing: HINCRBY
+// by 0 of a field of {P}:sync, routed like the store's other keys (on
+// Cluster, to the primary of their slot). Redis refuses it exactly when it
+// would refuse a report. It is propagated to replicas and the AOF like any
+// write: a few dozen bytes per health check.
 func (s *Store) Ping(ctx context.Context) error {
-	return s.wrap("ping", s.client.Ping(ctx).Err())
+	return s.wrap("ping", s.client.HIncrBy(ctx, s.k.sync(), "probe", 0).Err())
 }
 
 // Close ends every subscription and, when Open made the client, closes it.

@@ -3,6 +3,7 @@ package redisstore
 import (
 	"context"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -396,4 +397,35 @@ func TestCorruptDataIsNotUnavailable(t *testing.T) {
 	require.Error(t, err)
 	require.NotErrorIs(t, err, store.ErrUnavailable)
 	require.ErrorContains(t, err, "corrupt data")
+}
+
+// TestPingRefusesWhenRedisRefusesWrites: a Redis that answers PING but
+// refuses writes — full under noeviction (OOM), or a replica (READONLY) —
+// fails Ping with store.ErrUnavailable, so health goes NOT_SERVING, while
+// Open still starts on it; Ping is fine again once Redis accepts writes.
+func TestPingRefusesWhenRedisRefusesWrites(t *testing.T) {
+	h := setup(t)
+	require.NoError(t, h.s.Ping(h.ctx))
+
+	require.NoError(t, h.rdb.ConfigSet(h.ctx, "maxmemory", "1").Err()) // below what Redis already uses
+	err := h.s.Ping(h.ctx)
+	require.ErrorIs(t, err, store.ErrUnavailable)
+	require.ErrorContains(t, err, "OOM")
+	require.NoError(t, h.rdb.Ping(h.ctx).Err(), "Redis itself still answers")
+	opened, err := Open(h.ctx, h.srv.URL(), Options{Prefix: "t", AllowEviction: true})
+	require.NoError(t, err, "a full Redis does not stop retryd from starting")
+	require.ErrorIs(t, opened.Ping(h.ctx), store.ErrUnavailable)
+	require.NoError(t, opened.Close())
+	require.NoError(t, h.rdb.ConfigSet(h.ctx, "maxmemory", "0").Err())
+	require.NoError(t, h.s.Ping(h.ctx))
+
+	// A replica: read-only.
+	host, port, err := net.SplitHostPort(testredis.Start(t, testredis.TCP()).Addr())
+	require.NoError(t, err)
+	require.NoError(t, h.rdb.ReplicaOf(h.ctx, host, port).Err())
+	err = h.s.Ping(h.ctx)
+	require.ErrorIs(t, err, store.ErrUnavailable)
+	require.ErrorContains(t, err, "READONLY")
+	require.NoError(t, h.rdb.ReplicaOf(h.ctx, "NO", "ONE").Err())
+	require.NoError(t, h.s.Ping(h.ctx))
 }
