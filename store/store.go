@@ -31,6 +31,11 @@
 //  5. the report names no lease but the job has a pending attempt:
 //     ErrAttemptPending (retryd owns that attempt; it must be reported with
 //     the lease of its Dispatch task).
+//  6. an unleased failure with a retry verdict, when a later attempt of the
+//     same phase is recorded in the job's cycle (reports of a worker that
+//     runs its own retries, arriving out of order): ErrConflict. Its retries
+//     would come round to the recorded attempt, whose report could never
+//     be accepted nor its lease end.
 //
 // Then it records the attempt, ends any lease (EventLeaseReleased), moves
 // the job's current phase, keeps the labels (non-nil replaces) and the

@@ -1,7 +1,9 @@
 package boltstore
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"time"
 
@@ -157,6 +159,15 @@ func (s *Store) RecordFailure(ctx context.Context, f store.Failure) (store.Failu
 			return nil
 		}
 		j := c.job
+		if f.LeaseID == "" && f.Verdict.Decision == store.DecisionRetry {
+			// A retry scheduled below an attempt already recorded would
+			// come round to it, and no report of it could be accepted.
+			if later, ok := t.laterAttempt(f.JobID, j.Cycle, f.Phase, f.RetryCount); ok {
+				refusal = fmt.Errorf("%w: job %q %s #%d reported after #%d of the same phase was recorded; report a phase's attempts in order",
+					store.ErrConflict, f.JobID, f.Phase, f.RetryCount, later)
+				return nil
+			}
+		}
 		a := &attemptRecord{
 			Status:         store.AttemptFailed,
 			ErrorType:      f.ErrorType,
@@ -265,4 +276,16 @@ func (s *Store) RecordSuccess(ctx context.Context, sc store.Success) (store.Succ
 	}
 	s.hub.publish(events)
 	return res, nil
+}
+
+// laterAttempt returns the retry_count of a recorded attempt of the job's
+// phase in cycle that is later than retry, if any.
+func (t *txn) laterAttempt(id string, cycle uint32, phase string, retry uint32) (uint32, bool) {
+	from := attemptKey(id, cycle, phase, retry+1)
+	prefix := from[:len(from)-4]
+	k, _ := t.jobs.Cursor().Seek(from)
+	if k == nil || !bytes.HasPrefix(k, prefix) || len(k) != len(from) {
+		return 0, false
+	}
+	return binary.BigEndian.Uint32(k[len(prefix):]), true
 }

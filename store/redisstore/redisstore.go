@@ -299,6 +299,7 @@ const (
 	codeNotFound     = 8  //
 	codeNotFailed    = 9  // {9, state}
 	codeUnknownPhase = 10 // {10, phase}
+	codeOutOfOrder   = 11 // {11, retry_count recorded}
 )
 
 // Bounds of the Go loops around scripts and scans.
@@ -325,7 +326,7 @@ const statsHourMicros = int64(store.StatsBucket / time.Microsecond)
 // only ever reach a script through KEYS and ARGV.
 var luaPrelude = fmt.Sprintf(`
 local OK, DUPLICATE, CONFLICT, TERMINAL, LEASE_NOT_HELD, LEASE_ACTIVE = %d, %d, %d, %d, %d, %d
-local PENDING, MOVED, NOT_FOUND, NOT_FAILED, UNKNOWN_PHASE = %d, %d, %d, %d, %d
+local PENDING, MOVED, NOT_FOUND, NOT_FAILED, UNKNOWN_PHASE, OUT_OF_ORDER = %d, %d, %d, %d, %d, %d
 local MAX_TYPES, OTHER = %d, %q
 -- ns encodes one length-prefixed field (codec.go).
 local function ns(s) return #s .. ':' .. s end
@@ -376,7 +377,7 @@ local function capTypes(key, f)
   redis.call('HINCRBY', key, string.sub(f, 1, 2) .. phasef .. OTHER, 1)
 end
 `, codeOK, codeDuplicate, codeConflict, codeTerminal, codeLeaseNotHeld, codeLeaseActive,
-	codePending, codeMoved, codeNotFound, codeNotFailed, codeUnknownPhase,
+	codePending, codeMoved, codeNotFound, codeNotFailed, codeUnknownPhase, codeOutOfOrder,
 	store.MaxStatsErrorTypes, store.OtherErrorType)
 
 // newScript compiles a script body with the prelude.

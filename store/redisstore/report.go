@@ -13,11 +13,13 @@ import (
 // A report of the job's pending attempt, under its lease, is of an attempt
 // that was scheduled and not yet recorded, so the probe would find nothing;
 // the checks that follow it (terminal, lease) pass too, since a job with a
-// leased attempt is processing. "Not yet recorded" has one exception: a
-// worker may report retry_counts out of order without a lease (say #1
-// succeeds with next_phase the same phase, then #0 fails and schedules #1
-// again). Only unleased reports can record an attempt ahead of the pending
-// one: a leased report records the pending attempt itself, and the
+// leased attempt is processing. "Not yet recorded" would have one
+// exception if the scripts allowed it: a worker may report retry_counts
+// out of order without a lease (say #2 succeeds with next_phase the same
+// phase, then #0 fails and would schedule #1, whose retry is #2). Check 6
+// of the store package doc refuses that failure, with the field below;
+// the probe logic stays exact without relying on it. Only unleased
+// reports can record an attempt ahead of the pending one: a leased report records the pending attempt itself, and the
 // attempts of a phase recorded under leases follow, one retry_count after
 // the other, an unleased one, so a run of them reaching an attempt recorded
 // earlier would have to pass that run's unleased first attempt, which is
@@ -83,6 +85,8 @@ end
 // ARGV[22] "1" to add the phase to KEYS[7] (phaseCache, keys.go)
 // Returns {OK}; {DUPLICATE, record}; {CONFLICT}; {TERMINAL, state};
 // {LEASE_NOT_HELD}; {LEASE_ACTIVE, expiry}; {PENDING, phase, retry_count};
+// {OUT_OF_ORDER, retry_count}: an unleased failure whose retry would be
+// scheduled below that recorded attempt of the phase;
 // {MOVED, phase}: KEYS[5] is not the job's index, nothing was done.
 var recordFailureScript = newScript(reportLua + `
 local job, att = KEYS[1], KEYS[2]
@@ -112,6 +116,13 @@ if st then
     if ARGV[5] == '1' and tonumber(p[5]) > tonumber(now) then return {LEASE_ACTIVE, p[5]} end
   elseif pd then
     return {PENDING, p[1], p[2]}
+  elseif ARGV[12] == '1' and j[8] then
+    -- A retry scheduled below an attempt already recorded would come
+    -- round to it, and no report of it could be accepted.
+    local c = string.find(j[8], ':', 1, true)
+    if string.sub(j[8], 1, c - 1) == cy and tonumber(string.sub(j[8], c + 1)) > tonumber(rc) then
+      return {OUT_OF_ORDER, string.sub(j[8], c + 1)}
+    end
   end
   if ph ~= ARGV[21] then return {MOVED, ph} end
 end
@@ -454,6 +465,16 @@ func reportError(code int64, res []any, jobID, phase string, rc uint32, leaseID,
 	case codePending:
 		return fmt.Errorf("%w: job %q has %s #%s pending; report it with the lease of its task",
 			store.ErrAttemptPending, jobID, replyString(res, 1), replyString(res, 2))
+	case codeOutOfOrder:
+		return outOfOrder(jobID, phase, rc, replyString(res, 1))
 	}
 	return fmt.Errorf("redisstore: report of %s: unexpected script result %d", attempt, code)
+}
+
+// outOfOrder is the refusal of an unleased failure reported after a later
+// attempt of its phase: its retry would be scheduled below that recorded
+// attempt and come round to it, and no report of it could be accepted.
+func outOfOrder(jobID, phase string, rc uint32, recorded string) error {
+	return fmt.Errorf("%w: job %q %s #%d reported after #%s of the same phase was recorded; report a phase's attempts in order",
+		store.ErrConflict, jobID, phase, rc, recorded)
 }

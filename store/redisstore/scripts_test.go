@@ -504,55 +504,28 @@ func TestLeasedReportSkipsProbe(t *testing.T) {
 	require.Empty(t, events())
 }
 
-// TestOutOfOrderAttemptIsProbed: a pending attempt can have been recorded
-// when a worker reported retry_counts out of order without a lease; the
-// leased reports that lead up to it must then still be checked against
-// the attempts hash ("r:<phase>" says so), and the one of the recorded
-// attempt refused, not recorded over it.
-func TestOutOfOrderAttemptIsProbed(t *testing.T) {
+// TestOutOfOrderFailureRefused: an unleased failure of #0 after #2 of the
+// phase was recorded (a worker running its own retries) would schedule #1,
+// whose retry would come round to #2: "r:<phase>" tells the script, which
+// refuses it (check 6 of the store package doc) and changes nothing. This
+// is also what keeps a leased report of a pending attempt from ever
+// finding it recorded (reportLua).
+func TestOutOfOrderFailureRefused(t *testing.T) {
 	h := setup(t)
 	_, err := h.s.RecordSuccess(h.ctx, store.Success{JobID: "job-1", Phase: "extraction", RetryCount: 2, NextPhase: "extraction", Now: t0})
 	require.NoError(t, err)
 	require.Equal(t, "1:2", h.rdb.HGet(h.ctx, "{t}:j:job-1", "r:extraction").Val())
-	f := firstFailure()
-	f.Payload, f.Labels, f.Now = nil, nil, t0.Add(time.Second) // #0 after #2, scheduling #1
-	_, err = h.s.RecordFailure(h.ctx, f)
-	require.NoError(t, err)
-	require.Equal(t, "1:2", h.rdb.HGet(h.ctx, "{t}:j:job-1", "r:extraction").Val(), "#0 neither lowers nor sets it")
-	claim := func(rc uint32) store.Task {
-		t.Helper()
-		tasks, err := h.s.Claim(h.ctx, store.ClaimRequest{Phases: []string{"extraction"}, Limit: 1, Now: t0.Add(3 * time.Hour), LeaseFor: time.Minute, WorkerID: "w1"})
-		require.NoError(t, err)
-		require.Len(t, tasks, 1)
-		require.Equal(t, rc, tasks[0].RetryCount)
-		return tasks[0]
-	}
-
-	task := claim(1)
-	retry := giveUpReport()
-	retry.LeaseID, retry.Now = task.LeaseID, t0.Add(time.Hour)
-	retry.Verdict = store.Verdict{Decision: store.DecisionRetry, Retryable: true, Reason: "again", NextRetryCount: 2, Delay: time.Second, DueAt: retry.Now.Add(time.Second)}
-	h.counted(retry, 'r')
-	h.hmgets()
-	_, err = h.s.RecordFailure(h.ctx, retry)
-	require.NoError(t, err)
-	require.Equal(t, int64(2), h.hmgets(), "#1 is not above the highest unleased #2: probed")
-
-	task = claim(2)
 	before := h.dump()
-	leased := giveUpReport()
-	leased.RetryCount, leased.LeaseID, leased.Now = 2, task.LeaseID, t0.Add(2*time.Hour)
-	h.hmgets()
-	_, err = h.s.RecordFailure(h.ctx, leased)
-	require.ErrorIs(t, err, store.ErrConflict, "#2 was recorded as a success")
-	require.Equal(t, int64(2), h.hmgets(), "probed")
-	res, err := h.s.RecordSuccess(h.ctx, store.Success{JobID: "job-1", Phase: "extraction", RetryCount: 2, LeaseID: task.LeaseID, Now: t0.Add(2 * time.Hour)})
-	require.NoError(t, err)
-	require.Equal(t, store.SuccessResult{State: store.StateProcessing, Duplicate: true}, res)
-	h.requireState(before, "reports of an attempt recorded before it was scheduled")
-	job, err := h.s.GetJob(h.ctx, "job-1")
-	require.NoError(t, err)
-	require.Len(t, job.Attempts, 3)
+	events := h.tap()
+	for _, rc := range []uint32{0, 1} {
+		f := firstFailure()
+		f.RetryCount, f.Now = rc, t0.Add(time.Second)
+		_, err = h.s.RecordFailure(h.ctx, f)
+		require.ErrorIs(t, err, store.ErrConflict)
+		require.ErrorContains(t, err, fmt.Sprintf("extraction #%d reported after #2 of the same phase", rc))
+	}
+	h.requireState(before, "failures reported out of order")
+	require.Empty(t, events())
 }
 
 // TestEmptyPendingIsNothingPending: a report that ends the pending attempt

@@ -409,6 +409,41 @@ func testCheckOrder(t *testing.T, newStore Factory) {
 		h.claimOne(at(time.Minute), extraction)
 		check("a retry is leased")
 	})
+
+	// 6. An unleased failure reported after a later attempt of its phase
+	// (a worker that runs its own retries, whose report of #0 arrives after
+	// its #2 succeeded and handed the job on to the same phase) must not
+	// schedule a retry: the retries would come round to #2, already
+	// recorded, whose report could never be accepted and whose lease would
+	// never end. It is refused and changes nothing; a give-up verdict
+	// schedules nothing and is recorded.
+	t.Run("6_UnleasedFailureAfterLaterAttempt", func(t *testing.T) {
+		h := setup(t, newStore)
+		s := success("job-1", extraction, 2, at(0))
+		s.NextPhase = extraction
+		h.succeed(s)
+		before := h.snapshot("job-1")
+		for _, rc := range []uint32{0, 1} {
+			_, err := h.s.RecordFailure(h.ctx, failure("job-1", extraction, rc, at(time.Minute)))
+			requireErr(t, err, store.ErrConflict, "failure of #%d after #2", rc)
+		}
+		h.requireUnchanged(before, "failures reported out of order")
+		// A later attempt is in order: its retry is scheduled and runs.
+		h.fail(failure("job-1", extraction, 3, at(2*time.Minute)))
+		task := h.claimOne(at(time.Hour), extraction)
+		require.Equal(t, uint32(4), task.RetryCount)
+		h.succeed(leasedSuccess(task, at(time.Hour)))
+		require.Equal(t, store.StateCompleted, h.job("job-1").State)
+
+		// A give-up schedules nothing: recorded.
+		s = success("job-3", extraction, 2, at(0))
+		s.NextPhase = extraction
+		h.succeed(s)
+		f := failure("job-3", extraction, 0, at(time.Minute))
+		f.Verdict = giveUp("not retryable.")
+		h.fail(f)
+		require.Equal(t, store.StateFailed, h.job("job-3").State)
+	})
 }
 
 func testIdempotency(t *testing.T, newStore Factory) {
