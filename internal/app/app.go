@@ -21,6 +21,7 @@ import (
 	"github.com/retryd/retryd/internal/config"
 	"github.com/retryd/retryd/internal/metrics"
 	"github.com/retryd/retryd/internal/redislog"
+	"github.com/retryd/retryd/internal/timesync"
 	"github.com/retryd/retryd/scheduler"
 	"github.com/retryd/retryd/server"
 	"github.com/retryd/retryd/store"
@@ -68,6 +69,9 @@ func Run(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 
 	m := metrics.New()
 	m.RegisterBacklog(st)
+	if tc, ok := clock.(*timesync.Clock); ok {
+		m.RegisterClock(func() (time.Duration, time.Duration) { l := tc.Last(); return l.Skew, l.RTT })
+	}
 	disp, err := scheduler.NewDispatcher(scheduler.DispatcherConfig{
 		Store:         st,
 		Clock:         clock,

@@ -72,7 +72,7 @@ func New() *Metrics {
 		dispatchLag: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "retryd_dispatch_lag_seconds",
 			Help:    "Time from a retry's due time to the moment its task was sent to a worker.",
-			Buckets: []float64{.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 5, 30},
+			Buckets: []float64{.0001, .00025, .0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 5, 30},
 		}, []string{"phase"}),
 		jobsExpired: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "retryd_jobs_expired_total",
@@ -154,6 +154,24 @@ func (m *Metrics) RegisterBacklog(s store.Store) {
 		return
 	}
 	m.Registry.MustRegister(&backlogCollector{store: bc})
+}
+
+// RegisterClock exports the shared clock's latest measurement of Redis's
+// TIME (internal/timesync): the local clock's skew, which scheduling
+// cancels but which says the host's time service is broken, and the round
+// trip, which bounds how far behind Redis the scheduling clock may read.
+// Only a replica that schedules on Redis's clock calls it.
+func (m *Metrics) RegisterClock(last func() (skew, rtt time.Duration)) {
+	m.Registry.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "retryd_clock_skew_seconds",
+			Help: "The local wall clock minus Redis's TIME at the last measurement (retryd schedules on Redis's clock: a skew is harmless to scheduling but means the host's time service is broken).",
+		}, func() float64 { s, _ := last(); return s.Seconds() }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "retryd_clock_rtt_seconds",
+			Help: "Round trip of the last accepted measurement of Redis's TIME: the scheduling clock reads at most this much behind Redis's, never ahead.",
+		}, func() float64 { _, r := last(); return r.Seconds() }),
+	)
 }
 
 // Handler serves the registry in the Prometheus text format. A collector
