@@ -29,6 +29,7 @@ import logging
 import os
 import threading
 import time
+import unicodedata
 import weakref
 from typing import Any, Iterator, Mapping, Optional, Sequence, Tuple
 
@@ -50,6 +51,22 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 #: How often a token file is checked for a new token (seconds): retryd
 #: re-reads its own token files as often.
 TOKEN_FILE_CHECK_INTERVAL = 5.0
+
+
+#: The longest worker id retryd accepts, in UTF-8 bytes (server/validate.go).
+MAX_WORKER_ID_BYTES = 256
+
+
+def _check_worker_id(worker_id: str) -> None:
+    """Refuse a worker id retryd would refuse (INVALID_ARGUMENT on a stream
+    that the consumer would reopen, and be refused again, in a loop)."""
+    if not isinstance(worker_id, str):
+        raise TypeError(f"worker_id must be a str, not {type(worker_id).__name__}")
+    size = len(worker_id.encode("utf-8", "surrogatepass"))
+    if size > MAX_WORKER_ID_BYTES:
+        raise ValueError(f"worker_id is {size} bytes in UTF-8; retryd accepts at most {MAX_WORKER_ID_BYTES}")
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in worker_id):
+        raise ValueError("worker_id must be valid UTF-8 without control characters")
 
 
 def _check_token(token: str, where: str) -> str:
@@ -506,6 +523,7 @@ class RetryClient:
         It has no deadline — it is meant to stay open — and is not retried by
         the channel; :class:`retryd.Consumer` watches it with the server's
         heartbeats and reconnects with backoff."""
+        _check_worker_id(worker_id)
         req = retry_pb2.DispatchRequest(phases=list(phases), worker_id=worker_id, max_in_flight=int(max_in_flight))
         if lease_duration is not None:
             req.lease_duration.CopyFrom(_duration(lease_duration))

@@ -16,16 +16,26 @@ from typing import Any, Dict, Mapping, Optional
 
 from google.protobuf import struct_pb2
 
-__all__ = ["PayloadError", "to_struct", "from_struct", "check_payload"]
+__all__ = ["PayloadError", "MAX_DEPTH", "to_struct", "from_struct", "check_payload"]
 
 _MAX_EXACT_INT = 2**53
+
+#: How deeply a payload's objects and lists may nest (the payload itself is
+#: 1); retryd refuses deeper ones (server/validate.go, MaxPayloadDepth).
+MAX_DEPTH = 20
 
 
 class PayloadError(TypeError):
     """A value cannot be carried by a ``google.protobuf.Struct`` payload."""
 
 
-def _check(value: Any, path: str) -> Any:
+def _check(value: Any, path: str, depth: int = 0) -> Any:
+    if isinstance(value, (Mapping, list, tuple)):
+        depth += 1
+        if depth > MAX_DEPTH:
+            raise PayloadError(
+                f"payload value {path} nests objects and lists {depth} deep; retryd accepts at most {MAX_DEPTH}"
+            )
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, int):
@@ -44,10 +54,10 @@ def _check(value: Any, path: str) -> Any:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise PayloadError(f"payload key {key!r} in {path} is not a string")
-            out[key] = _check(item, f"{path}.{key}")
+            out[key] = _check(item, f"{path}.{key}", depth)
         return out
     if isinstance(value, (list, tuple)):
-        return [_check(item, f"{path}[{i}]") for i, item in enumerate(value)]
+        return [_check(item, f"{path}[{i}]", depth) for i, item in enumerate(value)]
     raise PayloadError(
         f"payload value {path} has type {type(value).__name__}; payloads hold only "
         "str, int, float, bool, None, lists and dicts with str keys"

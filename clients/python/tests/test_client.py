@@ -151,3 +151,16 @@ def test_no_channel_crosses_a_fork(fake):
     assert out.returncode == 0, out.stdout + out.stderr
     jobs = [r.job_id for r in fake.service.calls("ReportSuccess")]
     assert jobs == ["parent", "child-0", "child-1", "child-2", "parent-again"]
+
+
+def test_dispatch_refuses_a_worker_id_retryd_would(fake, client):
+    for bad, message in [
+        ("w" * 257, "257 bytes in UTF-8; retryd accepts at most 256"),
+        ("é" * 129, "258 bytes"),
+        ("worker\x1b[31m", "control characters"),
+        ("lone \ud800 surrogate", "control characters"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            client.dispatch(["extraction"], worker_id=bad)
+    assert not fake.service.calls("Dispatch"), "refused before any call"
+    client.dispatch(["extraction"], worker_id="é" * 128).cancel()  # 256 bytes: fine

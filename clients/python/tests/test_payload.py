@@ -54,3 +54,20 @@ def test_unrepresentable_values_are_refused_with_their_path(payload, where):
 def test_payload_must_be_a_mapping():
     with pytest.raises(PayloadError):
         check_payload([("a", 1)])
+
+
+def _nested(depth):
+    """A payload whose objects and lists nest depth deep (the payload is 1)."""
+    value = "leaf"
+    for i in range(depth - 1):
+        value = {"k": value} if i % 2 else [value]
+    return {"root": value}
+
+
+def test_nesting_is_bounded_as_retryd_bounds_it():
+    from retryd.payload import MAX_DEPTH
+
+    assert MAX_DEPTH == 20
+    check_payload(_nested(MAX_DEPTH))
+    with pytest.raises(PayloadError, match="21 deep; retryd accepts at most 20"):
+        check_payload(_nested(MAX_DEPTH + 1))
