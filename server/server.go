@@ -46,6 +46,15 @@ const (
 	KeepaliveMinTime = 10 * time.Second
 )
 
+// MaxConcurrentStreams bounds the calls (unary calls and Dispatch streams)
+// one client connection may have open at once; further calls wait in the
+// client until one ends (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS). Each
+// Dispatch stream holds a subscription and a sender goroutine, and grpc-go
+// sets no bound by default: a client that leaks streams would otherwise
+// grow retryd's memory without end. A worker process needs a stream per
+// consumer and a call per task in flight, far below it.
+const MaxConcurrentStreams = 1000
+
 // Config holds what the server needs.
 type Config struct {
 	// Store is the storage backend. Required.
@@ -76,6 +85,9 @@ type Config struct {
 	// KeepaliveTimeout is how long the server waits for the ping's answer
 	// before it closes the connection. Defaults to KeepaliveTimeout (10 s).
 	KeepaliveTimeout time.Duration
+	// MaxConcurrentStreams overrides the package's MaxConcurrentStreams
+	// (tests).
+	MaxConcurrentStreams uint32
 	// ServerOptions are appended to the gRPC server's options (TLS, auth).
 	ServerOptions []grpc.ServerOption
 }
@@ -142,6 +154,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.KeepaliveTimeout <= 0 {
 		cfg.KeepaliveTimeout = KeepaliveTimeout
 	}
+	if cfg.MaxConcurrentStreams == 0 {
+		cfg.MaxConcurrentStreams = MaxConcurrentStreams
+	}
 	d := &deps{
 		store:         cfg.Store,
 		policy:        cfg.Policy,
@@ -198,6 +213,7 @@ func New(cfg Config) (*Server, error) {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.KeepaliveTime, Timeout: cfg.KeepaliveTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: KeepaliveMinTime, PermitWithoutStream: true}),
 		grpc.NumStreamWorkers(streamWorkers()),
+		grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams),
 	}
 	opts = append(opts, cfg.ServerOptions...)
 	gs := grpc.NewServer(opts...)

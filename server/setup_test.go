@@ -39,6 +39,7 @@ type options struct {
 	lease     time.Duration
 	heartbeat time.Duration
 	payload   int
+	streams   uint32 // calls per connection; 0: server.MaxConcurrentStreams
 }
 
 // bundle is what a server test needs: a running server on a fresh store,
@@ -84,6 +85,8 @@ func setupOn(t testing.TB, st store.Store, opt options) *bundle {
 		MaxPayloadBytes:   opt.payload,
 		HealthInterval:    50 * time.Millisecond,
 		Logger:            log,
+
+		MaxConcurrentStreams: opt.streams,
 	})
 	require.NoError(t, err)
 	require.NoError(t, disp.Start(context.Background()))
