@@ -134,7 +134,8 @@ type Store struct {
 	done   chan struct{} // closed by Close: ends subscriptions
 	subs   sync.WaitGroup
 
-	batch *batcher // sends the scripts of concurrent calls together (batch.go)
+	batch  *batcher      // sends the scripts of concurrent calls together (batch.go)
+	waiter replicaWaiter // shares strict durability's WAIT (replicawait.go)
 }
 
 var (

@@ -259,7 +259,8 @@ func parseInfo(s string) map[string]string {
 // reply has arrived), so once replicas confirm the counter they hold the
 // script's effects too. That holds for a repeated report as well, whose
 // script changed nothing but whose first run may not have reached the
-// replicas yet.
+// replicas yet. Concurrent changes share one counter write and WAIT
+// (replicaWaiter).
 func (s *Store) durable(ctx context.Context, op string) error {
 	if s.opts.Durability != DurabilityStrict {
 		return nil
@@ -268,14 +269,7 @@ func (s *Store) durable(ctx context.Context, op string) error {
 	if !ok {
 		return fmt.Errorf("redisstore: %s: strict durability needs a single-primary client, not %T", op, s.client)
 	}
-	conn := c.Conn()
-	defer conn.Close()
-	// HINCRBY rather than INCR: the scripts use it, so an ACL user limited
-	// to the store's commands may run it.
-	if err := conn.HIncrBy(ctx, s.k.sync(), "n", 1).Err(); err != nil {
-		return s.wrap(op+": wait for replicas", err)
-	}
-	n, err := conn.Wait(ctx, s.opts.WaitReplicas, s.opts.WaitTimeout).Result()
+	n, err := s.waiter.wait(ctx, func() (int64, error) { return s.waitReplicas(c) })
 	if err != nil {
 		return s.wrap(op+": wait for replicas", err)
 	}
@@ -284,6 +278,21 @@ func (s *Store) durable(ctx context.Context, op string) error {
 			op, store.ErrUnavailable, n, s.opts.WaitReplicas, s.opts.WaitTimeout)
 	}
 	return nil
+}
+
+// waitReplicas is one round of durable: the counter write and WAIT, on one
+// connection, bounded by go-redis's timeouts and WaitTimeout (no caller's
+// context: the round answers every change that joined it).
+func (s *Store) waitReplicas(c *redis.Client) (int64, error) {
+	ctx := context.Background()
+	conn := c.Conn()
+	defer conn.Close()
+	// HINCRBY rather than INCR: the scripts use it, so an ACL user limited
+	// to the store's commands may run it.
+	if err := conn.HIncrBy(ctx, s.k.sync(), "n", 1).Err(); err != nil {
+		return 0, err
+	}
+	return conn.Wait(ctx, s.opts.WaitReplicas, s.opts.WaitTimeout).Result()
 }
 
 // Defaults of the strict-durability options.

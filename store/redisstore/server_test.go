@@ -3,7 +3,9 @@ package redisstore
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -313,4 +315,52 @@ func TestStrictDurabilityChecks(t *testing.T) {
 			require.Error(t, err, "%+v", o)
 		}
 	})
+}
+
+// TestStrictDurabilityShared: concurrent reports under strict durability
+// share WAITs (one round answers every change that joined it), and each is
+// acknowledged only once the replica holds it.
+func TestStrictDurabilityShared(t *testing.T) {
+	t.Parallel()
+	primary, replica := replicated(t)
+	s, err := Open(t.Context(), primary.URL(), Options{Prefix: "t", Durability: DurabilityStrict, WaitTimeout: 10 * time.Second})
+	require.NoError(t, err)
+	defer s.Close()
+	ctx := t.Context()
+	waits := func() int64 {
+		info, err := primary.Client().Info(ctx, "commandstats").Result()
+		require.NoError(t, err)
+		for _, line := range strings.Split(info, "\n") {
+			if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_wait:calls="); ok {
+				n, err := strconv.ParseInt(rest[:strings.IndexByte(rest, ',')], 10, 64)
+				require.NoError(t, err)
+				return n
+			}
+		}
+		return 0
+	}
+	before := waits()
+	const n = 60
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	acked := make([]bool, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f := firstFailure()
+			f.JobID = fmt.Sprintf("shared-%d", i)
+			if _, errs[i] = s.RecordFailure(ctx, f); errs[i] == nil {
+				acked[i] = replica.Client().Exists(ctx, "{t}:j:"+f.JobID).Val() == 1
+			}
+		}()
+	}
+	wg.Wait()
+	for i := range n {
+		require.NoError(t, errs[i], "report %d", i)
+		require.True(t, acked[i], "report %d was acknowledged before the replica had it", i)
+	}
+	rounds := waits() - before
+	t.Logf("%d strict reports, %d WAITs", n, rounds)
+	require.Less(t, rounds, int64(n), "concurrent reports share WAITs")
 }
