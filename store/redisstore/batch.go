@@ -170,8 +170,7 @@ func connectionFailure(batch []*scriptCall) error {
 		if err == nil || errors.Is(err, redis.Nil) {
 			continue
 		}
-		var re redis.Error
-		if !errors.As(err, &re) || isConnErr(err) {
+		if _, ok := replyError(err); !ok {
 			return err
 		}
 	}

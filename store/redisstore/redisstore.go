@@ -256,8 +256,7 @@ func unavailable(err error) bool {
 	if errors.Is(err, errCorrupt) {
 		return false
 	}
-	var re redis.Error
-	if errors.As(err, &re) && !isConnErr(err) {
+	if re, ok := replyError(err); ok {
 		msg := re.Error()
 		for _, p := range unavailableReplies {
 			if strings.HasPrefix(msg, p) {
@@ -270,6 +269,17 @@ func unavailable(err error) bool {
 	// dial and I/O errors, timeouts, a closed client or pool, a canceled
 	// context.
 	return true
+}
+
+// replyError returns err's error reply from Redis, and false when err is
+// not one but a failure to get a reply (dial, I/O, timeout, closed
+// client), which go-redis sometimes also marks as a redis.Error.
+func replyError(err error) (redis.Error, bool) {
+	var re redis.Error
+	if !errors.As(err, &re) || isConnErr(err) {
+		return nil, false
+	}
+	return re, true
 }
 
 // isConnErr reports errors that implement redis.Error but are transport

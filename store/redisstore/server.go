@@ -228,8 +228,8 @@ func inspectNode(ctx context.Context, c *redis.Client) (ServerInfo, error) {
 // isRefusal reports a reply of a server that refuses the command itself
 // (unknown or renamed, not permitted): the server is there.
 func isRefusal(err error) bool {
-	var re redis.Error
-	if !errors.As(err, &re) || isConnErr(err) {
+	re, ok := replyError(err)
+	if !ok {
 		return false
 	}
 	msg := re.Error()
