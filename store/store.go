@@ -49,6 +49,7 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -63,7 +64,9 @@ var (
 	ErrLeaseNotHeld = errors.New("lease not held")
 	// ErrLeaseActive: the reaper tried to expire a lease that was extended.
 	ErrLeaseActive = errors.New("lease has not expired")
-	// ErrConflict: the attempt was already recorded with the other outcome.
+	// ErrConflict: the attempt was already recorded with the other outcome,
+	// or (check 6) an unleased failure came after a later attempt of its
+	// phase (OutOfOrder).
 	ErrConflict = errors.New("attempt already recorded with another outcome")
 	// ErrJobTerminal: the job is failed, completed or canceled.
 	ErrJobTerminal = errors.New("job is in a terminal state")
@@ -156,6 +159,14 @@ type Store interface {
 	Ping(ctx context.Context) error
 	// Close releases the backend. The store is unusable afterwards.
 	Close() error
+}
+
+// OutOfOrder is check 6's refusal, worded alike by every backend: an
+// unleased failure of retry_count retry reported after the recorded
+// attempt of retry_count recorded of the same phase and cycle.
+func OutOfOrder(jobID, phase string, retry, recorded uint32) error {
+	return fmt.Errorf("%w: job %q %s #%d reported after #%d of the same phase was recorded; report a phase's attempts in order",
+		ErrConflict, jobID, phase, retry, recorded)
 }
 
 // JobState mirrors retryd.v1.JobState (same numbers).

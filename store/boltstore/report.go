@@ -163,8 +163,7 @@ func (s *Store) RecordFailure(ctx context.Context, f store.Failure) (store.Failu
 			// A retry scheduled below an attempt already recorded would
 			// come round to it, and no report of it could be accepted.
 			if later, ok := t.laterAttempt(f.JobID, j.Cycle, f.Phase, f.RetryCount); ok {
-				refusal = fmt.Errorf("%w: job %q %s #%d reported after #%d of the same phase was recorded; report a phase's attempts in order",
-					store.ErrConflict, f.JobID, f.Phase, f.RetryCount, later)
+				refusal = store.OutOfOrder(f.JobID, f.Phase, f.RetryCount, later)
 				return nil
 			}
 		}

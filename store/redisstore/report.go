@@ -466,15 +466,12 @@ func reportError(code int64, res []any, jobID, phase string, rc uint32, leaseID,
 		return fmt.Errorf("%w: job %q has %s #%s pending; report it with the lease of its task",
 			store.ErrAttemptPending, jobID, replyString(res, 1), replyString(res, 2))
 	case codeOutOfOrder:
-		return outOfOrder(jobID, phase, rc, replyString(res, 1))
+		var p parser
+		recorded := uint32(p.uint(replyString(res, 1)))
+		if p.err != nil {
+			return p.err
+		}
+		return store.OutOfOrder(jobID, phase, rc, recorded)
 	}
 	return fmt.Errorf("redisstore: report of %s: unexpected script result %d", attempt, code)
-}
-
-// outOfOrder is the refusal of an unleased failure reported after a later
-// attempt of its phase: its retry would be scheduled below that recorded
-// attempt and come round to it, and no report of it could be accepted.
-func outOfOrder(jobID, phase string, rc uint32, recorded string) error {
-	return fmt.Errorf("%w: job %q %s #%d reported after #%s of the same phase was recorded; report a phase's attempts in order",
-		store.ErrConflict, jobID, phase, rc, recorded)
 }
