@@ -309,9 +309,9 @@ func TestBatchNoScriptUnderLoad(t *testing.T) {
 		}()
 	}
 	for range 5 {
-		before := evalCalls(t, h.rdb)
+		before := commandCalls(t, h.rdb, "eval")
 		require.NoError(t, h.rdb.ScriptFlush(ctx).Err())
-		require.Eventually(t, func() bool { return evalCalls(t, h.rdb) > before }, 10*time.Second, time.Millisecond,
+		require.Eventually(t, func() bool { return commandCalls(t, h.rdb, "eval") > before }, 10*time.Second, time.Millisecond,
 			"reports keep running and reload the script")
 	}
 	close(stop)
@@ -320,22 +320,6 @@ func TestBatchNoScriptUnderLoad(t *testing.T) {
 	for err := range errs {
 		require.NoError(t, err)
 	}
-}
-
-// evalCalls is the number of EVAL commands Redis has run.
-func evalCalls(t *testing.T, rdb *redis.Client) int64 {
-	t.Helper()
-	info, err := rdb.Info(context.Background(), "commandstats").Result()
-	require.NoError(t, err)
-	for _, line := range strings.Split(info, "\n") {
-		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_eval:calls="); ok {
-			var n int64
-			_, err := fmt.Sscan(strings.SplitN(rest, ",", 2)[0], &n)
-			require.NoError(t, err)
-			return n
-		}
-	}
-	return 0
 }
 
 // TestBatchCanceledCaller: a queued caller whose context ends returns at

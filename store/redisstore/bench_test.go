@@ -67,6 +67,23 @@ func commandCount(b *testing.B, c *redis.Client) int64 {
 	return n
 }
 
+// commandCalls is how many times Redis has run the command cmd (lower
+// case), from INFO commandstats.
+func commandCalls(t testing.TB, c *redis.Client, cmd string) int64 {
+	t.Helper()
+	info, err := c.Info(context.Background(), "commandstats").Result()
+	require.NoError(t, err)
+	for _, line := range strings.Split(info, "\n") {
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_"+cmd+":calls="); ok {
+			calls, _, _ := strings.Cut(rest, ",")
+			n, err := strconv.ParseInt(calls, 10, 64)
+			require.NoError(t, err)
+			return n
+		}
+	}
+	return 0
+}
+
 func usedMemory(b *testing.B, c *redis.Client) int64 {
 	b.Helper()
 	info, err := c.Info(context.Background(), "memory").Result()

@@ -3,7 +3,6 @@ package redisstore
 import (
 	"fmt"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -451,17 +450,9 @@ func (h *harness) counted(f store.Failure, outcome byte) {
 // since the last count; it resets every counter.
 func (h *harness) calls(cmd string) int64 {
 	h.t.Helper()
-	info, err := h.rdb.Info(h.ctx, "commandstats").Result()
-	require.NoError(h.t, err)
+	n := commandCalls(h.t, h.rdb, cmd)
 	require.NoError(h.t, h.rdb.ConfigResetStat(h.ctx).Err())
-	for _, line := range strings.Split(info, "\n") {
-		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_"+cmd+":calls="); ok {
-			n, err := strconv.ParseInt(rest[:strings.IndexByte(rest, ',')], 10, 64)
-			require.NoError(h.t, err)
-			return n
-		}
-	}
-	return 0
+	return n
 }
 
 // TestLeasedReportSkipsProbe: the report of the pending attempt under its

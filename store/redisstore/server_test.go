@@ -3,7 +3,6 @@ package redisstore
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -327,18 +326,7 @@ func TestStrictDurabilityShared(t *testing.T) {
 	require.NoError(t, err)
 	defer s.Close()
 	ctx := t.Context()
-	waits := func() int64 {
-		info, err := primary.Client().Info(ctx, "commandstats").Result()
-		require.NoError(t, err)
-		for _, line := range strings.Split(info, "\n") {
-			if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_wait:calls="); ok {
-				n, err := strconv.ParseInt(rest[:strings.IndexByte(rest, ',')], 10, 64)
-				require.NoError(t, err)
-				return n
-			}
-		}
-		return 0
-	}
+	waits := func() int64 { return commandCalls(t, primary.Client(), "wait") }
 	before := waits()
 	const n = 60
 	var wg sync.WaitGroup
