@@ -258,15 +258,16 @@ func (b *batcher) abandon(c *scriptCall) {
 // queue, mostly does). The context carries the first call's values (for
 // tracing hooks).
 func (b *batcher) exec(batch []*scriptCall) {
-	ctx, cancel := batchContext(batch)
-	defer cancel()
 	if len(batch) == 1 {
-		// A lone call: no pipeline to build.
+		// A lone call: no pipeline to build, and no one else's script to
+		// protect from its context (nor a deadline timer to make per call).
 		c := batch[0]
-		c.cmd = c.script.Run(ctx, b.client, c.keys, c.args...)
+		c.cmd = c.script.Run(c.ctx, b.client, c.keys, c.args...)
 		c.answered()
 		return
 	}
+	ctx, cancel := batchContext(batch)
+	defer cancel()
 	pipe := b.client.Pipeline()
 	for _, c := range batch {
 		c.cmd = c.script.EvalSha(ctx, pipe, c.keys, c.args...)
