@@ -40,6 +40,7 @@ type options struct {
 	heartbeat time.Duration
 	payload   int
 	streams   uint32 // calls per connection; 0: server.MaxConcurrentStreams
+	grpcOpts  []grpc.ServerOption
 }
 
 // bundle is what a server test needs: a running server on a fresh store,
@@ -87,6 +88,7 @@ func setupOn(t testing.TB, st store.Store, opt options) *bundle {
 		Logger:            log,
 
 		MaxConcurrentStreams: opt.streams,
+		ServerOptions:        opt.grpcOpts,
 	})
 	require.NoError(t, err)
 	require.NoError(t, disp.Start(context.Background()))

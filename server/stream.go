@@ -46,7 +46,7 @@ func (s *retryService) feed(ctx context.Context, stream retrydv1.RetryService_Di
 		if out.busy {
 			select {
 			case <-ctx.Done():
-				return nil
+				return streamEnded(ctx)
 			case <-sub.Ended():
 				return errShuttingDown
 			case <-stall.Chan():
@@ -65,7 +65,7 @@ func (s *retryService) feed(ctx context.Context, stream retrydv1.RetryService_Di
 		}
 		select {
 		case <-ctx.Done():
-			return nil
+			return streamEnded(ctx)
 		case <-sub.Ended():
 			return errShuttingDown
 		case <-heartbeat.Chan():
@@ -86,6 +86,14 @@ func (s *retryService) feed(ctx context.Context, stream retrydv1.RetryService_Di
 			stall.Reset(left / 2)
 		}
 	}
+}
+
+// streamEnded is the status of a stream whose context ended: the worker's
+// deadline (DEADLINE_EXCEEDED) or its cancellation (CANCELLED). Returning
+// nil would send OK trailers, and the server's copy of the deadline can fire
+// before the worker's own: the worker would read a clean end of stream.
+func streamEnded(ctx context.Context) error {
+	return status.FromContextError(ctx.Err()).Err()
 }
 
 // stopTimer stops t and drains a tick that fired meanwhile, so that a

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	retrydv1 "github.com/retryd/retryd/gen/retryd/v1"
@@ -208,5 +209,53 @@ func TestShutdownDoesNotWaitForSilentPeers(t *testing.T) {
 		require.NoError(t, err)
 		require.NotEmpty(t, j.PendingPhase, "job %s has its attempt pending, leased or scheduled", id)
 		require.Empty(t, j.Attempts[1:], "job %s: no attempt was recorded for the stream", id)
+	}
+}
+
+// TestEndedStreamKeepsItsCode: a Dispatch stream whose worker's deadline
+// passes, or whose worker cancels it, ends with DEADLINE_EXCEEDED or
+// CANCELLED on the server too. The server's copy of the deadline can fire
+// before the worker's own; had the handler returned OK, the worker would
+// have read a clean end of stream (grpcurl -max-time printed nothing).
+func TestEndedStreamKeepsItsCode(t *testing.T) {
+	ended := make(chan error, 2)
+	record := func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		err := handler(srv, ss)
+		if strings.HasSuffix(info.FullMethod, "/Dispatch") {
+			ended <- err
+		}
+		return err
+	}
+	opt := defaultOptions()
+	opt.grpcOpts = []grpc.ServerOption{grpc.ChainStreamInterceptor(record)}
+	b := setup(t, "bolt", opt)
+	req := &retrydv1.DispatchRequest{Phases: []string{"extraction"}, WorkerId: "w"}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	stream, err := b.retry.Dispatch(ctx, req)
+	require.NoError(t, err)
+	_, err = stream.Recv()
+	require.Equal(t, codes.DeadlineExceeded, status.Code(err))
+	select {
+	case err := <-ended:
+		// CANCELLED when the worker's deadline fired first: its RST_STREAM
+		// cancels the server's context.
+		require.Contains(t, []codes.Code{codes.DeadlineExceeded, codes.Canceled}, status.Code(err), "handler returned %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the Dispatch handler did not return")
+	}
+
+	ctx, cancel = context.WithCancel(context.Background())
+	stream, err = b.retry.Dispatch(ctx, req)
+	require.NoError(t, err)
+	time.AfterFunc(100*time.Millisecond, cancel)
+	_, err = stream.Recv()
+	require.Equal(t, codes.Canceled, status.Code(err))
+	select {
+	case err := <-ended:
+		require.Equal(t, codes.Canceled, status.Code(err), "handler returned %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the Dispatch handler did not return")
 	}
 }
