@@ -56,6 +56,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	retrydv1 "github.com/retryd/retryd/gen/retryd/v1"
+
+	"github.com/retryd/retryd/internal/reload"
+	"github.com/retryd/retryd/internal/tlsfiles"
 )
 
 // Role is what a caller may do. A higher role includes the lower ones.
@@ -136,13 +139,18 @@ type Options struct {
 	ReloadInterval time.Duration
 }
 
+// DefaultReloadInterval is how often token files and the TLS key pair are
+// checked for changes: a rotated token or certificate is in force at most
+// this long after its file changed, without a restart.
+const DefaultReloadInterval = reload.DefaultInterval
+
 // Authenticator enforces a Config on a gRPC server.
 type Authenticator struct {
 	cfg Config
 	// tokens is nil when token authentication is not configured.
-	tokens *reloading[*tokenSet]
+	tokens *reload.Value[*tokenSet]
 	// cert and tlsConfig are nil without TLS.
-	cert      *reloading[*tls.Certificate]
+	cert      *reload.Value[*tls.Certificate]
 	tlsConfig *tls.Config
 	// clientCA is set with mTLS.
 	clientCA    bool
@@ -157,15 +165,7 @@ func New(cfg Config, opts Options) (*Authenticator, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
-	}
-	if opts.Clock == nil {
-		opts.Clock = clockwork.NewRealClock()
-	}
-	if opts.ReloadInterval <= 0 {
-		opts.ReloadInterval = DefaultReloadInterval
-	}
+	ro := reload.Options{Clock: opts.Clock, Interval: opts.ReloadInterval, Logger: opts.Logger}
 	a := &Authenticator{cfg: cfg, adminNames: cfg.TLSAdminNames, workerNames: cfg.TLSWorkerNames}
 	if cfg.tokensConfigured() {
 		var paths []string
@@ -179,21 +179,14 @@ func New(cfg Config, opts Options) (*Authenticator, error) {
 			}
 		}
 		build := func(contents [][]byte) (*tokenSet, error) { return cfg.buildTokens(paths, roles, contents) }
-		r, err := newReloading("token files", paths, build, opts.Clock, opts.ReloadInterval, opts.Logger)
+		r, err := reload.New("token files", paths, build, ro)
 		if err != nil {
 			return nil, err
 		}
 		a.tokens = r
 	}
 	if cfg.TLSCert != "" {
-		build := func(c [][]byte) (*tls.Certificate, error) {
-			pair, err := tls.X509KeyPair(c[0], c[1])
-			if err != nil {
-				return nil, fmt.Errorf("--tls-cert %s / --tls-key %s: %w", cfg.TLSCert, cfg.TLSKey, err)
-			}
-			return &pair, nil
-		}
-		r, err := newReloading("TLS certificate and key", []string{cfg.TLSCert, cfg.TLSKey}, build, opts.Clock, opts.ReloadInterval, opts.Logger)
+		r, err := tlsfiles.KeyPair("TLS certificate and key", "--tls-cert", cfg.TLSCert, "--tls-key", cfg.TLSKey, ro)
 		if err != nil {
 			return nil, fmt.Errorf("TLS key pair: %w", err)
 		}
@@ -261,7 +254,7 @@ func (a *Authenticator) identify(ctx context.Context) (Identity, error) {
 			if err != nil {
 				return Identity{}, status.Error(codes.Unauthenticated, `the "authorization" header must be "Bearer <token>"`)
 			}
-			id, ok := a.tokens.get().lookup(tok)
+			id, ok := a.tokens.Get().lookup(tok)
 			if !ok {
 				return Identity{}, status.Error(codes.Unauthenticated, "the bearer token is not a valid retryd token")
 			}

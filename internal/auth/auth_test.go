@@ -5,7 +5,6 @@ import (
 	"os"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
@@ -343,25 +342,4 @@ func TestLookupIsExact(t *testing.T) {
 		_, found := s.lookup(miss)
 		require.False(t, found, "%q", miss)
 	}
-}
-
-// TestReloadChecksOncePerInterval: between checks no file is read, so a
-// burst of calls costs nothing.
-func TestReloadChecksOncePerInterval(t *testing.T) {
-	t.Parallel()
-	path := tempFile(t, "tokens")
-	writeTokens(t, path, workerToken)
-	b := setup(t, Config{WorkerTokenFile: path})
-	r := b.auth.tokens
-	before := r.nextCheck.Load()
-	for range 100 {
-		r.get()
-	}
-	require.Equal(t, before, r.nextCheck.Load())
-	b.clock.Advance(DefaultReloadInterval - time.Nanosecond)
-	r.get()
-	require.Equal(t, before, r.nextCheck.Load())
-	b.clock.Advance(time.Nanosecond)
-	r.get()
-	require.Equal(t, before+DefaultReloadInterval.Nanoseconds(), r.nextCheck.Load())
 }

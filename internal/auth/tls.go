@@ -5,13 +5,14 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
-	"os"
 	"strings"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+
+	"github.com/retryd/retryd/internal/tlsfiles"
 )
 
 // serverTLS is the listener's TLS configuration: TLS 1.2 or later (gRPC's
@@ -24,17 +25,13 @@ func (a *Authenticator) serverTLS() (*tls.Config, error) {
 	tc := &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-			return a.cert.get(), nil
+			return a.cert.Get(), nil
 		},
 	}
 	if a.cfg.TLSClientCA != "" {
-		pemData, err := os.ReadFile(a.cfg.TLSClientCA)
+		pool, err := tlsfiles.CertPool("--tls-client-ca", a.cfg.TLSClientCA)
 		if err != nil {
-			return nil, fmt.Errorf("--tls-client-ca: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pemData) {
-			return nil, fmt.Errorf("--tls-client-ca %s: no PEM certificate in it", a.cfg.TLSClientCA)
+			return nil, err
 		}
 		tc.ClientCAs = pool
 		tc.ClientAuth = tls.VerifyClientCertIfGiven

@@ -1,4 +1,7 @@
-package auth
+// Package reload keeps a value built from small files (token lists, a TLS
+// key pair) current while they are rotated, without a restart and without a
+// watcher goroutine.
+package reload
 
 import (
 	"crypto/sha256"
@@ -12,23 +15,30 @@ import (
 	"github.com/jonboulle/clockwork"
 )
 
-// DefaultReloadInterval is how often token files and the TLS key pair are
-// checked for changes. A rotated token or certificate is in force at most
-// this long after its file changed, without a restart.
-const DefaultReloadInterval = 5 * time.Second
+// DefaultInterval is how often the files are checked for changes. A rotated
+// token or certificate is in force at most this long after its file
+// changed.
+const DefaultInterval = 5 * time.Second
 
-// reloading holds a value built from the contents of some files and
-// rebuilds it when they change. The check is lazy: the first use after the
-// interval re-reads the files (small ones: tokens, a key pair) and compares
-// their digests with the last ones seen, so that nothing runs while no one
-// calls, and no watcher goroutine needs stopping.
+// Options tune a Value; the zero value is the real clock, DefaultInterval
+// and slog.Default().
+type Options struct {
+	Clock    clockwork.Clock
+	Interval time.Duration
+	Logger   *slog.Logger
+}
+
+// Value holds a value built from the contents of some files and rebuilds
+// it when they change. The check is lazy: the first Get after the interval
+// re-reads the files and compares their digests with the last ones seen,
+// so that nothing runs while no one calls.
 //
 // A change that does not parse (a half-written file, a certificate whose
 // new key is not there yet) keeps the previous value in force and is
 // logged once; the next change is tried again. Replace files atomically
 // (write a new file, rename it over the old one), as Kubernetes does for
 // mounted Secrets.
-type reloading[T any] struct {
+type Value[T any] struct {
 	what  string
 	paths []string
 	build func(contents [][]byte) (T, error)
@@ -43,10 +53,20 @@ type reloading[T any] struct {
 	seen [][sha256.Size]byte
 }
 
-// newReloading reads the files and builds the first value; an error here
-// stops the start-up.
-func newReloading[T any](what string, paths []string, build func([][]byte) (T, error), clock clockwork.Clock, every time.Duration, log *slog.Logger) (*reloading[T], error) {
-	r := &reloading[T]{what: what, paths: paths, build: build, clock: clock, every: every, log: log}
+// New reads the files and builds the first value; an error here should stop
+// the start-up. what names the files in log lines ("TLS certificate and
+// key").
+func New[T any](what string, paths []string, build func(contents [][]byte) (T, error), o Options) (*Value[T], error) {
+	if o.Clock == nil {
+		o.Clock = clockwork.NewRealClock()
+	}
+	if o.Interval <= 0 {
+		o.Interval = DefaultInterval
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	r := &Value[T]{what: what, paths: paths, build: build, clock: o.Clock, every: o.Interval, log: o.Logger}
 	contents, err := r.read()
 	if err != nil {
 		return nil, err
@@ -57,13 +77,13 @@ func newReloading[T any](what string, paths []string, build func([][]byte) (T, e
 	}
 	r.cur.Store(&v)
 	r.seen = digests(contents)
-	r.nextCheck.Store(clock.Now().Add(every).UnixNano())
+	r.nextCheck.Store(r.clock.Now().Add(r.every).UnixNano())
 	return r, nil
 }
 
-// get returns the current value, first checking the files when the
+// Get returns the current value, first checking the files when the
 // interval has passed and no other caller is checking already.
-func (r *reloading[T]) get() T {
+func (r *Value[T]) Get() T {
 	if r.clock.Now().UnixNano() >= r.nextCheck.Load() && r.mu.TryLock() {
 		r.check()
 		r.mu.Unlock()
@@ -71,7 +91,7 @@ func (r *reloading[T]) get() T {
 	return *r.cur.Load()
 }
 
-func (r *reloading[T]) check() {
+func (r *Value[T]) check() {
 	r.nextCheck.Store(r.clock.Now().Add(r.every).UnixNano())
 	contents, err := r.read()
 	if err != nil {
@@ -96,7 +116,7 @@ func (r *reloading[T]) check() {
 	r.log.Info("reloaded " + r.what)
 }
 
-func (r *reloading[T]) read() ([][]byte, error) {
+func (r *Value[T]) read() ([][]byte, error) {
 	out := make([][]byte, len(r.paths))
 	for i, p := range r.paths {
 		b, err := os.ReadFile(p)
