@@ -73,7 +73,7 @@ func setupEnvironment(ctx context.Context, o options, retrydBin string) (_ *envi
 	if o.target != "" {
 		e.addr, e.desc = o.target, "running at "+o.target
 		if o.targetRedis != "" {
-			c, err := redisstore.NewClient(o.targetRedis)
+			c, err := redisstore.NewClient(o.targetRedis, nil)
 			if err != nil {
 				return nil, err
 			}

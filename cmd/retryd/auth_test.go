@@ -351,28 +351,25 @@ func TestProtectedMode(t *testing.T) {
 }
 
 // TestAuthOverRedisTLS: retryd on a Redis reached with rediss:// as the
-// README's least-privilege ACL user, its private CA trusted through
-// SSL_CERT_FILE; workers and admins authenticate with tokens; the Redis
-// password never reaches the logs.
+// README's least-privilege ACL user, its private CA given by
+// --redis-tls-ca, and a client certificate (--redis-tls-cert, -key) that
+// Redis requires (tls-auth-clients yes); workers and admins authenticate
+// with tokens; the Redis password never reaches the logs.
 func TestAuthOverRedisTLS(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	ca := authtest.NewCA(t, "redis CA")
-	certFile, keyFile := ca.Server(t).WriteFiles(t, dir, "redis")
-	caFile := ca.WriteFile(t, dir, "ca.pem")
-	tlsAddr := freeAddr(t)
-	_, tlsPort, err := net.SplitHostPort(tlsAddr)
-	require.NoError(t, err)
-	srv := testredis.Start(t, testredis.TCP(), testredis.Config(
-		"tls-port "+tlsPort, "tls-cert-file "+certFile, "tls-key-file "+keyFile,
-		"tls-ca-cert-file "+caFile, "tls-auth-clients no"))
+	srv := testredis.Start(t, testredis.TLS(ca, true))
+	clientCert, clientKey := ca.Issue(t, authtest.Leaf{CommonName: "retryd"}).WriteFiles(t, dir, "redis-client")
 	const password = "redis-password-0123456789"
 	createACLUserFromReadme(t, srv, password)
 
 	const workerToken, adminToken = "worker-token-0123456789abcdef", "admin-token-0123456789abcdef"
 	p := startAuth(t, dir, nil, []string{
-		"RETRYD_REDIS_URL=rediss://retryd:" + password + "@" + tlsAddr + "/0",
-		"SSL_CERT_FILE=" + caFile,
+		"RETRYD_REDIS_URL=rediss://retryd:" + password + "@" + srv.TLSAddr() + "/0",
+		"RETRYD_REDIS_TLS_CA=" + ca.WriteFile(t, dir, "redis-ca.pem"),
+		"RETRYD_REDIS_TLS_CERT=" + clientCert,
+		"RETRYD_REDIS_TLS_KEY=" + clientKey,
 		"RETRYD_WORKER_TOKENS=" + workerToken,
 		"RETRYD_ADMIN_TOKENS=" + adminToken,
 	})

@@ -51,12 +51,16 @@ func Run(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 	if err != nil {
 		return err
 	}
-	st, where, err := openStore(ctx, cfg, log)
+	rtls, err := redisTLS(cfg, log)
+	if err != nil {
+		return err
+	}
+	st, where, err := openStore(ctx, cfg, rtls, log)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	clock, stopClock, err := newClock(ctx, cfg, log)
+	clock, stopClock, err := newClock(ctx, cfg, rtls, log)
 	if err != nil {
 		return err
 	}
@@ -182,7 +186,7 @@ func Run(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 // For Redis it logs what a crash of Redis can lose with its persistence
 // settings, and every warning of the store's checks (eviction allowed,
 // settings that could not be read, too few replicas for strict durability).
-func openStore(ctx context.Context, cfg config.Config, log *slog.Logger) (store.Store, string, error) {
+func openStore(ctx context.Context, cfg config.Config, rtls *redisstore.ClientTLS, log *slog.Logger) (store.Store, string, error) {
 	maxTerminal := cfg.MaxTerminalJobs
 	if maxTerminal == 0 {
 		maxTerminal = store.NoCountBound
@@ -200,6 +204,7 @@ func openStore(ctx context.Context, cfg config.Config, log *slog.Logger) (store.
 			Durability:      redisstore.Durability(cfg.RedisDurability),
 			WaitReplicas:    cfg.RedisWaitReplicas,
 			WaitTimeout:     cfg.RedisWaitTimeout,
+			TLS:             rtls,
 		})
 		if errors.Is(err, redisstore.ErrEvictionPolicy) {
 			return nil, "", fmt.Errorf("%w (or start retryd with --redis-allow-eviction / RETRYD_REDIS_ALLOW_EVICTION=true to accept the risk)", err)

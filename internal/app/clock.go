@@ -19,7 +19,7 @@ import (
 // time; otherwise the local clock. RETRYD_TEST_CLOCK_SKEW moves the local
 // clock, as a host whose clock is off would. The returned stop ends the
 // measuring loop and closes its Redis connection.
-func newClock(ctx context.Context, cfg config.Config, log *slog.Logger) (clockwork.Clock, func(), error) {
+func newClock(ctx context.Context, cfg config.Config, rtls *redisstore.ClientTLS, log *slog.Logger) (clockwork.Clock, func(), error) {
 	local := clockwork.NewRealClock()
 	if cfg.TestClockSkew != 0 {
 		log.Warn("the local clock is moved for a test (RETRYD_TEST_CLOCK_SKEW)", "skew", cfg.TestClockSkew)
@@ -33,7 +33,7 @@ func newClock(ctx context.Context, cfg config.Config, log *slog.Logger) (clockwo
 	}
 	// A client of its own, so that a measurement never waits behind the
 	// store's traffic (its round trip is the measurement's error bound).
-	client, err := redisstore.NewClient(cfg.RedisURL)
+	client, err := redisstore.NewClient(cfg.RedisURL, rtls)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -105,6 +105,13 @@ type Config struct {
 	// RedisWaitTimeout bounds each wait of strict durability; a report not
 	// confirmed in time fails with UNAVAILABLE. Defaults to 1s.
 	RedisWaitTimeout time.Duration
+	// RedisTLSCA is a PEM bundle of the CAs that sign Redis's certificate,
+	// for a rediss URL; "" trusts the system's CAs.
+	RedisTLSCA string
+	// RedisTLSCert and RedisTLSKey are the client certificate and key
+	// retryd presents to a Redis that asks for one (tls-auth-clients).
+	// Set both or neither; re-read when they change.
+	RedisTLSCert, RedisTLSKey string
 	// LogLevel is debug, info, warn or error. Defaults to info.
 	LogLevel string
 	// LogFormat is text or json. Defaults to text.
@@ -159,8 +166,22 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s: %w", s.name(), err))
 		}
 	}
+	if err := c.combinations(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// combinations checks the settings that go together: a retryable type
+// name that a non-retryable one shadows, the Redis TLS files and their URL,
+// --tls-cert with --tls-key, a token given to both roles.
+func (c Config) combinations() error {
+	var errs []error
 	if err := c.Policy.Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("retry policy: %w", err))
+	}
+	if err := checkRedisTLS(&c); err != nil {
+		errs = append(errs, fmt.Errorf("Redis TLS (--redis-tls-ca, --redis-tls-cert, --redis-tls-key): %w", err))
 	}
 	if err := c.Auth.Validate(); err != nil {
 		errs = append(errs, err)
@@ -197,6 +218,9 @@ func (c Config) LogValue() slog.Value {
 		slog.String("redis_durability", c.RedisDurability),
 		slog.Int("redis_wait_replicas", c.RedisWaitReplicas),
 		slog.Duration("redis_wait_timeout", c.RedisWaitTimeout),
+		slog.String("redis_tls_ca", c.RedisTLSCA),
+		slog.String("redis_tls_cert", c.RedisTLSCert),
+		slog.String("redis_tls_key", c.RedisTLSKey),
 		slog.String("log_level", c.LogLevel),
 		slog.String("log_format", c.LogFormat),
 		slog.Any("auth", c.Auth),
@@ -239,11 +263,33 @@ func checkRedisURL(s string) error {
 		// url's error quotes the URL, password included: do not wrap it.
 		return errors.New("not a URL")
 	}
-	c, err := redisstore.NewClient(s)
+	c, err := redisstore.NewClient(s, nil)
 	if err != nil {
 		return err
 	}
 	return c.Close()
+}
+
+// checkRedisTLS checks that the Redis TLS files come with a TLS URL, and
+// the certificate with its key.
+func checkRedisTLS(c *Config) error {
+	if c.RedisTLSCA == "" && c.RedisTLSCert == "" && c.RedisTLSKey == "" {
+		return nil
+	}
+	if (c.RedisTLSCert == "") != (c.RedisTLSKey == "") {
+		return errors.New("--redis-tls-cert and --redis-tls-key go together: set both, or neither")
+	}
+	if c.RedisURL == "" {
+		return errors.New("needs --redis-url (the embedded store has no connection to secure)")
+	}
+	cl, err := redisstore.NewClient(c.RedisURL, &redisstore.ClientTLS{})
+	if errors.Is(err, redisstore.ErrTLSWithoutTLS) {
+		return redisstore.ErrTLSWithoutTLS
+	}
+	if err != nil {
+		return nil // --redis-url reports it
+	}
+	return cl.Close()
 }
 
 func checkRedisPrefix(s string) error {

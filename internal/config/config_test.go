@@ -98,7 +98,7 @@ func TestExampleFile(t *testing.T) {
 	want.KeepaliveTime = 20 * time.Second
 	want.KeepaliveTimeout = 5 * time.Second
 	want.TimeSource = "local"
-	want.RedisURL = "redis://127.0.0.1:6379/0"
+	want.RedisURL = "rediss://redis.internal:6380/0"
 	want.RedisPrefix = "retryd-staging"
 	want.DataDir = "/var/lib/retryd"
 	want.JobRetention = 14 * 24 * time.Hour
@@ -108,6 +108,9 @@ func TestExampleFile(t *testing.T) {
 	want.RedisDurability = "strict"
 	want.RedisWaitReplicas = 2
 	want.RedisWaitTimeout = 500 * time.Millisecond
+	want.RedisTLSCA = "/run/secrets/redis/ca.crt"
+	want.RedisTLSCert = "/run/secrets/redis/tls.crt"
+	want.RedisTLSKey = "/run/secrets/redis/tls.key"
 	want.Policy.Jitter = 0.2
 	want.Policy.RetryableTypes = []string{"DeadlockDetected", "SerializationFailure"}
 	want.Policy.NonRetryableTypes = []string{"QuotaExceeded"}
@@ -182,6 +185,9 @@ var needs = map[string][]string{
 	"tls-client-ca":    withTLS,
 	"tls-admin-names":  withClientCA,
 	"tls-worker-names": withClientCA,
+	"redis-tls-ca":     withRedisTLS,
+	"redis-tls-cert":   append([]string{"--redis-tls-key", "rk.pem"}, withRedisTLS...),
+	"redis-tls-key":    append([]string{"--redis-tls-cert", "rc.pem"}, withRedisTLS...),
 }
 
 var (
@@ -189,6 +195,8 @@ var (
 	withClientCA = append([]string{"--tls-client-ca", "ca.pem"}, withTLS...)
 	setTLS       = func(c *Config) { c.Auth.TLSCert, c.Auth.TLSKey = "c.pem", "k.pem" }
 	setClientCA  = func(c *Config) { setTLS(c); c.Auth.TLSClientCA = "ca.pem" }
+	withRedisTLS = []string{"--redis-url", "rediss://redis:6380"}
+	setRedisTLS  = func(c *Config) { c.RedisURL = "rediss://redis:6380" }
 )
 
 // everySetting gives each scalar and list setting a non-default value.
@@ -212,6 +220,9 @@ var everySetting = []sourceCase{
 	{"redis-durability", "Strict", func(c *Config) { c.RedisDurability = "strict" }},
 	{"redis-wait-replicas", "3", func(c *Config) { c.RedisWaitReplicas = 3 }},
 	{"redis-wait-timeout", "250ms", func(c *Config) { c.RedisWaitTimeout = 250 * time.Millisecond }},
+	{"redis-tls-ca", "/tls/redis-ca.pem", func(c *Config) { setRedisTLS(c); c.RedisTLSCA = "/tls/redis-ca.pem" }},
+	{"redis-tls-cert", "/tls/rc.pem", func(c *Config) { setRedisTLS(c); c.RedisTLSCert, c.RedisTLSKey = "/tls/rc.pem", "rk.pem" }},
+	{"redis-tls-key", "/tls/rk.pem", func(c *Config) { setRedisTLS(c); c.RedisTLSCert, c.RedisTLSKey = "rc.pem", "/tls/rk.pem" }},
 	{"max-retries", "7", func(c *Config) { c.Policy.MaxRetries = 7 }},
 	{"retry-delays", "1,250ms,2m", func(c *Config) {
 		c.Policy.Delays = []time.Duration{time.Second, 250 * time.Millisecond, 2 * time.Minute}
@@ -549,6 +560,14 @@ func TestErrors(t *testing.T) {
 		{"no token flag", []string{"--worker-tokens", "hunter2hunter2hunter2"}, nil, "", "flag provided but not defined: -worker-tokens (see retryd --help)"},
 		{"no token key", nil, nil, "admin_tokens: [hunter2hunter2hunter2]\n", "config file FILE: yaml: unmarshal errors:\n  line 1: field admin_tokens not found…"},
 		{"a certificate without its key", []string{"--tls-cert", "c.pem"}, nil, "", "--tls-cert and --tls-key go together: set both to serve TLS, or neither"},
+		{"a Redis certificate without its key", []string{"--redis-url", "rediss://r:6380", "--redis-tls-cert", "c.pem"}, nil, "",
+			"Redis TLS (--redis-tls-ca, --redis-tls-cert, --redis-tls-key): --redis-tls-cert and --redis-tls-key go together: set both, or neither"},
+		{"a Redis CA for a plain URL", []string{"--redis-url", "redis://r:6379", "--redis-tls-ca", "ca.pem"}, nil, "",
+			"Redis TLS (--redis-tls-ca, --redis-tls-cert, --redis-tls-key): TLS settings (a CA or a client certificate) need a TLS URL: rediss://, rediss+sentinel:// or rediss+cluster://"},
+		{"a Redis CA for a plain Sentinel URL", nil, []string{"RETRYD_REDIS_URL=redis+sentinel://s1,s2/mymaster", "RETRYD_REDIS_TLS_CA=ca.pem"}, "",
+			"Redis TLS (--redis-tls-ca, --redis-tls-cert, --redis-tls-key): TLS settings (a CA or a client certificate) need a TLS URL: rediss://, rediss+sentinel:// or rediss+cluster://"},
+		{"a Redis CA without Redis", []string{"--redis-tls-ca", "ca.pem"}, nil, "",
+			"Redis TLS (--redis-tls-ca, --redis-tls-cert, --redis-tls-key): needs --redis-url (the embedded store has no connection to secure)"},
 		{"a client CA without TLS", nil, []string{"RETRYD_TLS_CLIENT_CA=ca.pem"}, "", "--tls-client-ca needs --tls-cert and --tls-key: client certificates are checked in the TLS handshake"},
 		{"certificate names without a client CA", []string{"--tls-admin-names", "ops"}, nil, "", "--tls-admin-names and --tls-worker-names need --tls-client-ca"},
 		{"a name matching everything", nil, []string{"RETRYD_TLS_WORKER_NAMES=a,*"}, "", `RETRYD_TLS_WORKER_NAMES (item 2): invalid value "*": a name must not be empty or match everything`},

@@ -41,6 +41,9 @@ type fileConfig struct {
 	RedisDurability    *string `yaml:"redis_durability"`
 	RedisWaitReplicas  *string `yaml:"redis_wait_replicas"`
 	RedisWaitTimeout   *string `yaml:"redis_wait_timeout"`
+	RedisTLSCA         *string `yaml:"redis_tls_ca"`
+	RedisTLSCert       *string `yaml:"redis_tls_cert"`
+	RedisTLSKey        *string `yaml:"redis_tls_key"`
 
 	MaxRetries         *string               `yaml:"max_retries"`
 	RetryDelays        *[]string             `yaml:"retry_delays"`

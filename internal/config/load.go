@@ -114,14 +114,8 @@ func load(args, environ []string, helpOut io.Writer) (Config, error) {
 		}
 		c.TestClockSkew = d
 	}
-	// Each value was checked as it was read; what is left are combinations
-	// (a retryable type name that a non-retryable one shadows).
-	if err := c.Policy.Validate(); err != nil {
-		return Config{}, fmt.Errorf("retry policy: %w", err)
-	}
-	// And the authentication settings that go together (--tls-cert with
-	// --tls-key, a token given to both roles).
-	if err := c.Auth.Validate(); err != nil {
+	// Each value was checked as it was read; what is left are combinations.
+	if err := c.combinations(); err != nil {
 		return Config{}, err
 	}
 	return c, nil

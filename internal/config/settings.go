@@ -188,6 +188,15 @@ var settings = []setting{
 	durationSetting("Store", "redis-wait-timeout", "RETRYD_REDIS_WAIT_TIMEOUT", "redis_wait_timeout",
 		"How long --redis-durability strict waits for the replicas before the report fails with UNAVAILABLE.",
 		func(c *Config) *time.Duration { return &c.RedisWaitTimeout }, checkWaitTimeout),
+	stringSetting("Store", "redis-tls-ca", "RETRYD_REDIS_TLS_CA", "redis_tls_ca", "FILE",
+		"PEM bundle of the CAs that sign Redis's certificate (rediss:// URLs); \"\" trusts the system's.",
+		func(c *Config) *string { return &c.RedisTLSCA }, noCheck),
+	stringSetting("Store", "redis-tls-cert", "RETRYD_REDIS_TLS_CERT", "redis_tls_cert", "FILE",
+		"PEM client certificate (chain) retryd shows a Redis with tls-auth-clients; with --redis-tls-key. Re-read when it changes.",
+		func(c *Config) *string { return &c.RedisTLSCert }, noCheck),
+	stringSetting("Store", "redis-tls-key", "RETRYD_REDIS_TLS_KEY", "redis_tls_key", "FILE",
+		"PEM private key of --redis-tls-cert.",
+		func(c *Config) *string { return &c.RedisTLSKey }, noCheck),
 
 	// Retry policy.
 	{

@@ -26,6 +26,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/retryd/retryd/internal/auth/authtest"
 )
 
 // binary is the server executable looked up on PATH.
@@ -59,6 +61,12 @@ type config struct {
 	lines       []string
 	cluster     bool
 	sentinel    *sentinelConfig
+	tls         *tlsConfig
+}
+
+type tlsConfig struct {
+	ca          *authtest.CA
+	authClients bool
 }
 
 type sentinelConfig struct {
@@ -115,6 +123,16 @@ func Sentinel(masterName string, master *Server) Option {
 	}
 }
 
+// TLS adds a TLS port (TLSURL) with a server certificate of ca (for
+// 127.0.0.1) to a TCP server. With authClients, Redis requires a client
+// certificate signed by ca (tls-auth-clients yes); else it asks for none.
+func TLS(ca *authtest.CA, authClients bool) Option {
+	return func(c *config) {
+		c.tls = &tlsConfig{ca: ca, authClients: authClients}
+		c.tcp = true
+	}
+}
+
 // Server is one running (or killed) redis-server owned by a test.
 type Server struct {
 	t       testing.TB
@@ -124,6 +142,8 @@ type Server struct {
 	socket  string // unix socket path, or ""
 	port    int    // TCP port, or 0
 	busPort int    // cluster bus port, or 0
+	tlsPort int    // TLS port, or 0
+	tlsConf []string
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -156,6 +176,12 @@ func Start(t testing.TB, opts ...Option) *Server {
 		s.dataDir = runDir
 	}
 	t.Cleanup(s.cleanup)
+	if c := cfg.tls; c != nil {
+		cert, key := c.ca.Server(t).WriteFiles(t, runDir, "redis")
+		yes := map[bool]string{true: "yes", false: "no"}[c.authClients]
+		s.tlsConf = []string{"tls-cert-file " + cert, "tls-key-file " + key,
+			"tls-ca-cert-file " + c.ca.WriteFile(t, runDir, "ca.pem"), "tls-auth-clients " + yes}
+	}
 
 	if !cfg.tcp {
 		s.socket = filepath.Join(runDir, "redis.sock")
@@ -169,6 +195,9 @@ func Start(t testing.TB, opts ...Option) *Server {
 	for try := 0; ; try++ {
 		if s.port, err = freePort(); err == nil && cfg.cluster {
 			s.busPort, err = freePort()
+		}
+		if err == nil && cfg.tls != nil {
+			s.tlsPort, err = freePort()
 		}
 		if err != nil {
 			t.Fatalf("testredis: %v", err)
@@ -191,6 +220,13 @@ func (s *Server) URL() string {
 	}
 	return "redis://" + s.Addr()
 }
+
+// TLSURL is the rediss:// URL of the TLS port (TLS option); its
+// certificate is signed by the option's CA.
+func (s *Server) TLSURL() string { return "rediss://" + s.TLSAddr() + "/0" }
+
+// TLSAddr is the host:port of the TLS port (TLS option).
+func (s *Server) TLSAddr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.tlsPort)) }
 
 // Addr is the socket path or the host:port the server listens on.
 func (s *Server) Addr() string {
@@ -283,6 +319,12 @@ func (s *Server) conf() string {
 		line("cluster-enabled yes")
 		line("cluster-port %d", s.busPort)
 		line("cluster-config-file %s", filepath.Join(s.runDir, "nodes.conf"))
+	}
+	if s.tlsPort != 0 {
+		line("tls-port %d", s.tlsPort)
+		for _, l := range s.tlsConf {
+			line("%s", l)
+		}
 	}
 	for _, l := range s.cfg.lines {
 		line("%s", l)

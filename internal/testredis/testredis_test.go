@@ -2,6 +2,7 @@ package testredis
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"runtime"
 	"strings"
@@ -10,6 +11,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
+
+	"github.com/retryd/retryd/internal/auth/authtest"
 )
 
 func TestStartSocket(t *testing.T) {
@@ -125,4 +128,30 @@ func TestMissingBinary(t *testing.T) {
 	}()
 	<-done
 	require.Equal(t, "redis-server not found: install it with `apt-get install redis-server` (Debian)", tb.msg)
+}
+
+// TestTLSPort: the TLS port speaks TLS with the CA's certificate and, with
+// authClients, admits only a client certificate of that CA.
+func TestTLSPort(t *testing.T) {
+	t.Parallel()
+	ca := authtest.NewCA(t, "test CA")
+	for _, authClients := range []bool{false, true} {
+		srv := Start(t, TLS(ca, authClients))
+		require.NoError(t, srv.Client().Ping(t.Context()).Err(), "the plain port still answers")
+		o, err := redis.ParseURL(srv.TLSURL())
+		require.NoError(t, err)
+		o.TLSConfig.RootCAs, o.MaxRetries = ca.Pool(), -1
+		anon := redis.NewClient(o)
+		err = anon.Ping(t.Context()).Err()
+		anon.Close()
+		if authClients {
+			require.ErrorContains(t, err, "certificate required")
+		} else {
+			require.NoError(t, err)
+		}
+		o.TLSConfig.Certificates = []tls.Certificate{ca.Issue(t, authtest.Leaf{CommonName: "c"}).TLS}
+		known := redis.NewClient(o)
+		require.NoError(t, known.Ping(t.Context()).Err())
+		known.Close()
+	}
 }

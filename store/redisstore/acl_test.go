@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"net"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -125,20 +124,10 @@ func denials(srv *testredis.Server) string {
 // the line permits.
 func TestACLUserOverTLS(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
+	// Redis asks for client certificates by default; retryd authenticates
+	// with the ACL user's password here (TestClientCertificate: with one).
 	ca := authtest.NewCA(t, "redis test CA")
-	certFile, keyFile := ca.Server(t).WriteFiles(t, dir, "redis")
-	caFile := ca.WriteFile(t, dir, "ca.pem")
-	tlsPort := freeTCPPort(t)
-	srv := testredis.Start(t, testredis.TCP(), testredis.Config(
-		fmt.Sprintf("tls-port %d", tlsPort),
-		"tls-cert-file "+certFile,
-		"tls-key-file "+keyFile,
-		"tls-ca-cert-file "+caFile,
-		// Redis asks for client certificates by default; retryd
-		// authenticates with the ACL user's password instead.
-		"tls-auth-clients no",
-	))
+	srv := testredis.Start(t, testredis.TLS(ca, false))
 	password := randomPassword(t)
 	createACLUser(t, srv, password, "acl-*")
 	t.Cleanup(func() {
@@ -147,16 +136,12 @@ func TestACLUserOverTLS(t *testing.T) {
 		}
 	})
 
-	url := fmt.Sprintf("rediss://retryd:%s@127.0.0.1:%d/0", password, tlsPort)
+	url := strings.Replace(srv.TLSURL(), "rediss://", "rediss://retryd:"+password+"@", 1)
 	var n atomic.Int64
 	storetest.Run(t, func(t *testing.T, opts storetest.Options) store.Store {
-		o, err := redis.ParseURL(url)
+		// The test CA instead of the system's, as --redis-tls-ca gives it.
+		client, err := NewClient(url, &ClientTLS{RootCAs: ca.Pool()})
 		require.NoError(t, err)
-		require.NotNil(t, o.TLSConfig, "rediss:// turns TLS on")
-		// The test CA instead of the system's: in production, a Redis
-		// certificate from a private CA is trusted through SSL_CERT_FILE.
-		o.TLSConfig.RootCAs = ca.Pool()
-		client := redis.NewClient(o)
 		t.Cleanup(func() { client.Close() })
 		s := New(client, Options{
 			Prefix:          fmt.Sprintf("acl-%d", n.Add(1)),
@@ -169,7 +154,7 @@ func TestACLUserOverTLS(t *testing.T) {
 	})
 
 	// The TLS port speaks TLS only, and a wrong CA is refused.
-	plain := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", tlsPort), Username: "retryd", Password: password,
+	plain := redis.NewClient(&redis.Options{Addr: srv.TLSAddr(), Username: "retryd", Password: password,
 		DialTimeout: time.Second, ReadTimeout: time.Second, MaxRetries: -1})
 	defer plain.Close()
 	require.Error(t, plain.Ping(t.Context()).Err())
@@ -270,21 +255,6 @@ func TestACLUserIsLeastPrivilege(t *testing.T) {
 	acl, err := srv.Client().Do(ctx, "ACL", "GETUSER", "retryd").Result()
 	require.NoError(t, err)
 	require.NotContains(t, fmt.Sprint(acl), password)
-}
-
-// freeTCPPort returns a loopback port that was free a moment ago, never
-// one of Redis's well-known ports.
-func freeTCPPort(t *testing.T) int {
-	t.Helper()
-	for {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		port := l.Addr().(*net.TCPAddr).Port
-		require.NoError(t, l.Close())
-		if port != 6379 && port != 16379 && port != 26379 {
-			return port
-		}
-	}
 }
 
 // TestACLUserOnCluster: on Redis Cluster, the user plus the README's

@@ -53,6 +53,9 @@ type Options struct {
 	// least a millisecond (WAIT counts milliseconds, and 0 would wait
 	// forever). Defaults to 1 second.
 	WaitTimeout time.Duration
+	// TLS adds a private CA and a client certificate to a rediss URL's
+	// TLS (see NewClient). nil: the system's CAs, no client certificate.
+	TLS *ClientTLS
 	// EventBuffer is the capacity of each Subscribe channel; events are
 	// dropped, not queued without bound, when the reader falls behind (they
 	// are hints). Defaults to 256.
@@ -154,7 +157,7 @@ func Open(ctx context.Context, rawURL string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	client, err := NewClient(rawURL)
+	client, err := NewClient(rawURL, opts.TLS)
 	if err != nil {
 		return nil, err
 	}

@@ -1,6 +1,9 @@
 package redisstore
 
 import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -30,7 +33,10 @@ import (
 // the sentinels themselves. Options are go-redis's snake_case option names
 // (dial_timeout=3s, pool_size=20, …; see redis.ParseURL); percent-encode
 // reserved characters in passwords and names.
-func NewClient(rawURL string) (redis.UniversalClient, error) {
+//
+// ct, when not nil, adds a private CA and a client certificate to the TLS
+// of a rediss URL; it is an error with a URL without TLS.
+func NewClient(rawURL string, ct *ClientTLS) (redis.UniversalClient, error) {
 	scheme, rest, ok := strings.Cut(rawURL, "://")
 	if !ok {
 		return nil, fmt.Errorf("redisstore: Redis URL %q has no scheme (want redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://)", redact(rawURL))
@@ -38,24 +44,65 @@ func NewClient(rawURL string) (redis.UniversalClient, error) {
 	switch scheme {
 	case "redis", "rediss", "unix":
 		o, err := redis.ParseURL(rawURL)
+		if err == nil {
+			err = ct.apply(o.TLSConfig)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("redisstore: Redis URL %q: %w", redact(rawURL), err)
 		}
 		return redis.NewClient(o), nil
 	case "redis+sentinel", "rediss+sentinel":
 		o, err := parseSentinelURL(strings.TrimSuffix(scheme, "+sentinel"), rest)
+		if err == nil {
+			err = ct.apply(o.TLSConfig)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("redisstore: Redis Sentinel URL %q: %w", redact(rawURL), err)
 		}
 		return redis.NewFailoverClient(o), nil
 	case "redis+cluster", "rediss+cluster":
 		o, err := parseClusterURL(strings.TrimSuffix(scheme, "+cluster"), rest)
+		if err == nil {
+			err = ct.apply(o.TLSConfig)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("redisstore: Redis Cluster URL %q: %w", redact(rawURL), err)
 		}
 		return redis.NewClusterClient(o), nil
 	}
 	return nil, fmt.Errorf("redisstore: Redis URL %q: unknown scheme %q (want redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://)", redact(rawURL), scheme)
+}
+
+// ClientTLS is what a rediss URL cannot say: the CAs that sign Redis's
+// certificate, when they are not the system's, and the client certificate
+// a Redis with tls-auth-clients yes asks for.
+type ClientTLS struct {
+	// RootCAs verify the server's certificate; nil: the system's.
+	RootCAs *x509.CertPool
+	// ClientCertificate returns the certificate for each new connection
+	// (so that a renewed one is used without a restart); nil: none.
+	ClientCertificate func() *tls.Certificate
+}
+
+// ErrTLSWithoutTLS is a ClientTLS given with a URL that does not use TLS.
+var ErrTLSWithoutTLS = errors.New("TLS settings (a CA or a client certificate) need a TLS URL: rediss://, rediss+sentinel:// or rediss+cluster://")
+
+// apply adds ct to tc, the TLS configuration go-redis made from the URL
+// (shared by the client's connections and nodes).
+func (ct *ClientTLS) apply(tc *tls.Config) error {
+	if ct == nil {
+		return nil
+	}
+	if tc == nil {
+		return ErrTLSWithoutTLS
+	}
+	if ct.RootCAs != nil {
+		tc.RootCAs = ct.RootCAs
+	}
+	if get := ct.ClientCertificate; get != nil {
+		tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return get(), nil }
+	}
+	return nil
 }
 
 // multiHost is the parsed "[userinfo@]host,host…/path?query" of a

@@ -20,7 +20,7 @@ func TestNewClientSingleServer(t *testing.T) {
 		{"rediss://user:pw@redis.example:6390/1", "tcp", "redis.example:6390", 1, true},
 		{"unix:///run/redis/redis.sock?db=3", "unix", "/run/redis/redis.sock", 3, false},
 	} {
-		client, err := NewClient(c.url)
+		client, err := NewClient(c.url, nil)
 		require.NoError(t, err, c.url)
 		rc, ok := client.(*redis.Client)
 		require.True(t, ok, "%s gives a single-server client", c.url)
@@ -81,18 +81,18 @@ func TestParseClusterURL(t *testing.T) {
 
 func TestNewClientModes(t *testing.T) {
 	t.Parallel()
-	c, err := NewClient("redis+cluster://n1:7000,n2:7001")
+	c, err := NewClient("redis+cluster://n1:7000,n2:7001", nil)
 	require.NoError(t, err)
 	require.IsType(t, &redis.ClusterClient{}, c)
 	require.NoError(t, c.Close())
 
-	c, err = NewClient("rediss+sentinel://s1:26379/m")
+	c, err = NewClient("rediss+sentinel://s1:26379/m", nil)
 	require.NoError(t, err)
 	require.IsType(t, &redis.Client{}, c)
 	require.NoError(t, c.Close())
 
 	for _, bad := range []string{"u:pw@localhost:6379", "http://:pw@x", "redis+sentinel://:pw@s1", "redis://:pw@h/x"} {
-		_, err := NewClient(bad)
+		_, err := NewClient(bad, nil)
 		require.Error(t, err, bad)
 		require.NotContains(t, err.Error(), ":pw@", "passwords never appear in messages")
 	}
