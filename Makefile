@@ -5,6 +5,8 @@ TOOLS := $(CURDIR)/.tools
 BUF_VERSION := 1.75.0
 BUF := $(TOOLS)/node_modules/.bin/buf
 GRPCURL := $(TOOLS)/bin/grpcurl
+STATICCHECK_VERSION := v0.8.2
+STATICCHECK := $(TOOLS)/bin/staticcheck-$(STATICCHECK_VERSION)
 
 .PHONY: all tools deps generate check-generated lint test test-go test-fuzz fuzz test-python run build clean bench bench-go bench-scale
 
@@ -20,7 +22,13 @@ $(TOOLS)/bin/protoc-gen-go $(TOOLS)/bin/protoc-gen-go-grpc: go.mod
 $(GRPCURL): go.mod
 	go build -o $(GRPCURL) github.com/fullstorydev/grpcurl/cmd/grpcurl
 
-tools: $(BUF) $(TOOLS)/bin/protoc-gen-go $(TOOLS)/bin/protoc-gen-go-grpc $(GRPCURL)
+# staticcheck is installed apart from go.mod: its golang.org/x modules must
+# not move the service's own.
+$(STATICCHECK):
+	GOBIN=$(TOOLS)/bin go install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	mv $(TOOLS)/bin/staticcheck $(STATICCHECK)
+
+tools: $(BUF) $(TOOLS)/bin/protoc-gen-go $(TOOLS)/bin/protoc-gen-go-grpc $(GRPCURL) $(STATICCHECK)
 
 ## generate: regenerate gen/ from proto/
 generate: $(BUF) $(TOOLS)/bin/protoc-gen-go $(TOOLS)/bin/protoc-gen-go-grpc
@@ -33,11 +41,13 @@ check-generated: generate
 	@git diff --exit-code --stat -- $(GENERATED) || { echo "generated code is stale: run 'make generate' and commit"; exit 1; }
 	@test -z "$$(git status --porcelain -- $(GENERATED))" || { git status --porcelain -- $(GENERATED); echo "generated code has untracked files: run 'make generate' and commit"; exit 1; }
 
-## lint: buf lint, gofmt, go vet
-lint: $(BUF)
+## lint: buf lint, gofmt, go vet, staticcheck (its default checks but
+## ST1005: error strings here may begin with a proper name, "Redis …")
+lint: $(BUF) $(STATICCHECK)
 	$(BUF) lint
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '^gen/'))" || { gofmt -l $$(git ls-files '*.go' | grep -v '^gen/'); echo "gofmt needed"; exit 1; }
 	go vet ./...
+	$(STATICCHECK) -checks inherit,-ST1005 ./...
 
 ## test: everything CI runs (installs the Debian packages it needs if missing)
 test: deps lint check-generated test-go test-fuzz test-python

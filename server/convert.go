@@ -58,13 +58,6 @@ func tsOrZero(t *timestamppb.Timestamp) time.Time {
 	return t.AsTime()
 }
 
-func dur(d time.Duration) *durationpb.Duration {
-	if d == 0 {
-		return nil
-	}
-	return durationpb.New(d)
-}
-
 func decisionToProto(d store.Decision) retrydv1.Decision {
 	switch d {
 	case store.DecisionRetry:

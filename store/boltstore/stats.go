@@ -223,7 +223,7 @@ func (s *Store) expireStats(ctx context.Context, cutoff int64) (int, error) {
 		var old [][]byte
 		last := int64(0)
 		cur := b.Cursor()
-		for k, _ := cur.First(); k != nil && len(k) >= 8 && readTime(k)+hour <= cutoff; k, _ = cur.Next() {
+		for k, _ := cur.First(); len(k) >= 8 && readTime(k)+hour <= cutoff; k, _ = cur.Next() {
 			if h := readTime(k); len(old) == 0 || h != last {
 				hours++
 				last = h

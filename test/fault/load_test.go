@@ -105,17 +105,6 @@ func (l *ledger) note(list *[]string, format string, args ...any) {
 	*list = append(*list, fmt.Sprintf(format, args...))
 }
 
-// jobs returns the ids of the jobs with an acknowledged report or cancel.
-func (l *ledger) jobs() []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	ids := make([]string, 0, len(l.acked))
-	for id := range l.acked {
-		ids = append(ids, id)
-	}
-	return ids
-}
-
 // loadConfig shapes the steady load of a fault test.
 type loadConfig struct {
 	// prefix starts every job id.
