@@ -25,6 +25,17 @@ func openCommitDB(t *testing.T) (*bolt.DB, *groupCommit) {
 	return db, &groupCommit{db: db, maxSize: 7}
 }
 
+// waitQueued returns once n changes wait in g's queue (behind a commit the
+// test holds).
+func waitQueued(g *groupCommit, n int) {
+	for queued := 0; queued < n; {
+		runtime.Gosched()
+		g.mu.Lock()
+		queued = len(g.queue)
+		g.mu.Unlock()
+	}
+}
+
 func put(key string) func(*bolt.Tx) error {
 	return func(tx *bolt.Tx) error { return tx.Bucket([]byte("b")).Put([]byte(key), []byte(key)) }
 }
@@ -75,12 +86,7 @@ func TestGroupCommitBatches(t *testing.T) {
 	for i := range n {
 		wg.Go(func() { errs[i] = g.run(record(fmt.Sprintf("k%03d", i))) })
 	}
-	for queued := 0; queued < n; {
-		runtime.Gosched()
-		g.mu.Lock()
-		queued = len(g.queue)
-		g.mu.Unlock()
-	}
+	waitQueued(g, n)
 	close(release)
 	wg.Wait()
 	require.NoError(t, <-first)
@@ -271,12 +277,7 @@ func TestGroupCommitSkipsEmptyBatches(t *testing.T) {
 			}
 			wg.Go(func() { errs[i] = g.run(fn) })
 		}
-		for queued := 0; queued < len(errs); {
-			runtime.Gosched()
-			g.mu.Lock()
-			queued = len(g.queue)
-			g.mu.Unlock()
-		}
+		waitQueued(g, len(errs))
 		close(release)
 		wg.Wait()
 		require.NoError(t, <-first)

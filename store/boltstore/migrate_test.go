@@ -115,12 +115,18 @@ func TestMigrate(t *testing.T) {
 			require.Len(t, j.Attempts, 2)
 			require.NoError(t, s.Close())
 
-			require.Equal(t, layout{
-				Schema:   schemaVersion,
-				Buckets:  []string{"due", "job", "leases", "listing", "meta", "stats"},
-				Listings: len(ids),
-			}, layoutOf(t, path))
+			require.Equal(t, migrated(len(ids)), layoutOf(t, path))
 		})
+	}
+}
+
+// migrated is the layout of a file of jobs jobs after its migration: the
+// current schema, no bucket of an old one left, one listing per job.
+func migrated(jobs int) layout {
+	return layout{
+		Schema:   schemaVersion,
+		Buckets:  []string{"due", "job", "leases", "listing", "meta", "stats"},
+		Listings: jobs,
 	}
 }
 
@@ -162,11 +168,7 @@ func TestMigrateResumes(t *testing.T) {
 			if d := cmp.Diff(want, got, ignoreLeaseIDs); d != "" {
 				t.Fatalf("state after a resumed migration (-want +got):\n%s", d)
 			}
-			require.Equal(t, layout{
-				Schema:   schemaVersion,
-				Buckets:  []string{"due", "job", "leases", "listing", "meta", "stats"},
-				Listings: len(ids),
-			}, layoutOf(t, path))
+			require.Equal(t, migrated(len(ids)), layoutOf(t, path))
 		})
 	}
 }
