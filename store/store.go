@@ -485,8 +485,18 @@ type ExpireResult struct {
 func (r ExpireResult) Jobs() int { return r.ByAge + r.ByCount }
 
 // BacklogCounter is implemented by stores that can count scheduled retries
-// per phase cheaply; the metrics endpoint exports it as retryd_backlog.
+// per phase cheaply; the metrics endpoint exports it as retryd_backlog and
+// retryd_backlog_overdue_seconds.
 type BacklogCounter interface {
-	// Backlog returns the number of scheduled (not leased) attempts per phase.
-	Backlog(ctx context.Context) (map[string]int64, error)
+	// Backlog returns the scheduled (not leased) attempts per phase.
+	Backlog(ctx context.Context) (map[string]PhaseBacklog, error)
+}
+
+// PhaseBacklog is what waits in one phase's schedule.
+type PhaseBacklog struct {
+	// Scheduled is the number of scheduled, unleased attempts.
+	Scheduled int64
+	// OldestDue is the earliest due time among them; zero when there are
+	// none. Long past, it says that no worker takes the phase's retries.
+	OldestDue time.Time
 }

@@ -72,7 +72,7 @@ func Run(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 	}
 
 	m := metrics.New()
-	m.RegisterBacklog(st)
+	m.RegisterBacklog(st, clock)
 	if tc, ok := clock.(*timesync.Clock); ok {
 		m.RegisterClock(func() (time.Duration, time.Duration) { l := tc.Last(); return l.Skew, l.RTT })
 	}

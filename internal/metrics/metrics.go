@@ -9,6 +9,7 @@ import (
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
+	"github.com/jonboulle/clockwork"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -146,14 +147,16 @@ func (m *Metrics) Expired(r store.ExpireResult) {
 	m.statsExpired.Add(float64(r.StatsHours))
 }
 
-// RegisterBacklog exports the number of scheduled retries per phase, read
-// from the store at scrape time, when the store can count them.
-func (m *Metrics) RegisterBacklog(s store.Store) {
+// RegisterBacklog exports the number of scheduled retries per phase and how
+// long the most overdue of them has been due (by clock, the scheduling
+// clock), read from the store at scrape time, when the store can count
+// them.
+func (m *Metrics) RegisterBacklog(s store.Store, clock clockwork.Clock) {
 	bc, ok := s.(store.BacklogCounter)
 	if !ok {
 		return
 	}
-	m.Registry.MustRegister(&backlogCollector{store: bc})
+	m.Registry.MustRegister(&backlogCollector{store: bc, clock: clock})
 }
 
 // RegisterClock exports the shared clock's latest measurement of Redis's
@@ -182,22 +185,39 @@ func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry, ErrorHandling: promhttp.ContinueOnError})
 }
 
-var backlogDesc = prometheus.NewDesc("retryd_backlog",
-	"Retries scheduled and not yet dispatched, by phase (all replicas).", []string{"phase"}, nil)
+var (
+	backlogDesc = prometheus.NewDesc("retryd_backlog",
+		"Retries scheduled and not yet dispatched, by phase (all replicas).", []string{"phase"}, nil)
+	overdueDesc = prometheus.NewDesc("retryd_backlog_overdue_seconds",
+		"How long the earliest scheduled retry of the phase has been due without being dispatched (0: none is due). "+
+			"Growing without bound: no worker takes the phase's retries.", []string{"phase"}, nil)
+)
 
-type backlogCollector struct{ store store.BacklogCounter }
+type backlogCollector struct {
+	store store.BacklogCounter
+	clock clockwork.Clock
+}
 
-func (c *backlogCollector) Describe(ch chan<- *prometheus.Desc) { ch <- backlogDesc }
+func (c *backlogCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- backlogDesc
+	ch <- overdueDesc
+}
 
 func (c *backlogCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	counts, err := c.store.Backlog(ctx)
+	backlog, err := c.store.Backlog(ctx)
 	if err != nil {
 		ch <- prometheus.NewInvalidMetric(backlogDesc, err)
 		return
 	}
-	for phase, n := range counts {
-		ch <- prometheus.MustNewConstMetric(backlogDesc, prometheus.GaugeValue, float64(n), phase)
+	now := c.clock.Now()
+	for phase, b := range backlog {
+		ch <- prometheus.MustNewConstMetric(backlogDesc, prometheus.GaugeValue, float64(b.Scheduled), phase)
+		overdue := 0.0
+		if b.Scheduled > 0 {
+			overdue = max(now.Sub(b.OldestDue), 0).Seconds()
+		}
+		ch <- prometheus.MustNewConstMetric(overdueDesc, prometheus.GaugeValue, overdue, phase)
 	}
 }

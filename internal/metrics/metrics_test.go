@@ -4,13 +4,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"github.com/stretchr/testify/require"
 
+	"github.com/retryd/retryd/internal/teststore"
 	"github.com/retryd/retryd/store"
 )
 
-// counters gathers every sample of the named counter, keyed by its label
-// values joined with ",".
+// counters gathers every sample of the named counter or gauge, keyed by its
+// label values joined with ",".
 func counters(t *testing.T, m *Metrics, name string) map[string]float64 {
 	t.Helper()
 	families, err := m.Registry.Gather()
@@ -28,7 +30,7 @@ func counters(t *testing.T, m *Metrics, name string) map[string]float64 {
 				}
 				key += l.GetName() + "=" + l.GetValue()
 			}
-			out[key] = s.GetCounter().GetValue()
+			out[key] = s.GetCounter().GetValue() + s.GetGauge().GetValue()
 		}
 	}
 	return out
@@ -75,4 +77,33 @@ func TestClock(t *testing.T) {
 	skew = -1500 * time.Millisecond
 	v, _ = gauge(m, "retryd_clock_skew_seconds")
 	require.Equal(t, -1.5, v, "read at scrape time")
+}
+
+// TestBacklog: per phase, the scheduled retries and how long the earliest
+// has been due on the scheduling clock, read from the store at each scrape.
+func TestBacklog(t *testing.T) {
+	t.Parallel()
+	st := teststore.New(t, "bolt")
+	clock := clockwork.NewFakeClockAt(time.Date(2026, 3, 2, 9, 0, 0, 0, time.UTC))
+	m := New()
+	m.RegisterBacklog(st, clock)
+	require.Empty(t, counters(t, m, "retryd_backlog"))
+
+	schedule := func(job, phase string, due time.Duration) {
+		now := clock.Now()
+		_, err := st.RecordFailure(t.Context(), store.Failure{JobID: job, Phase: phase, ErrorType: "Timeout", Now: now,
+			Verdict: store.Verdict{Decision: store.DecisionRetry, Retryable: true, Reason: "test", NextRetryCount: 1,
+				Delay: due, DueAt: now.Add(due)}})
+		require.NoError(t, err)
+	}
+	schedule("a", "extraction", time.Minute)
+	schedule("b", "extraction", 5*time.Minute)
+	schedule("c", "chunking", time.Hour)
+	require.Equal(t, map[string]float64{"phase=chunking": 1, "phase=extraction": 2}, counters(t, m, "retryd_backlog"))
+	require.Equal(t, map[string]float64{"phase=chunking": 0, "phase=extraction": 0}, counters(t, m, "retryd_backlog_overdue_seconds"),
+		"nothing is due yet")
+
+	clock.Advance(90 * time.Second)
+	require.Equal(t, map[string]float64{"phase=chunking": 0, "phase=extraction": 30}, counters(t, m, "retryd_backlog_overdue_seconds"),
+		"a has been due for 30 s")
 }

@@ -320,25 +320,32 @@ func (s *Store) NextLeaseExpiry(ctx context.Context) (time.Time, bool, error) {
 	return store.FromMicros(first), true, nil
 }
 
-// Backlog counts scheduled (unleased) attempts per phase for the
-// retryd_backlog metric. It walks the due index, so a scrape costs time in
-// proportion to the backlog; a scrape every 15 s of a million pending
-// retries reads about 50 MB of keys.
-func (s *Store) Backlog(ctx context.Context) (map[string]int64, error) {
-	counts := make(map[string]int64)
+// Backlog counts scheduled (unleased) attempts per phase, and finds each
+// phase's earliest due time (its first key: the due index is ordered by
+// phase, then time), for the backlog metrics. It walks the due index, so a
+// scrape costs time in proportion to the backlog; a scrape every 15 s of a
+// million pending retries reads about 50 MB of keys.
+func (s *Store) Backlog(ctx context.Context) (map[string]store.PhaseBacklog, error) {
+	out := make(map[string]store.PhaseBacklog)
 	err := s.view(ctx, func(t *txn) error {
-		clear(counts)
+		clear(out)
 		return t.due.ForEach(func(k, _ []byte) error {
 			n, w := binary.Uvarint(k)
-			if w <= 0 || uint64(len(k)-w) < n {
+			if w <= 0 || uint64(len(k)-w) < n+8 {
 				return fmt.Errorf("%w: due key %q is malformed", errCorrupt, k)
 			}
-			counts[string(k[w:w+int(n)])]++
+			phase := string(k[w : w+int(n)])
+			b, seen := out[phase]
+			if !seen {
+				b.OldestDue = store.FromMicros(readTime(k[w+int(n):]))
+			}
+			b.Scheduled++
+			out[phase] = b
 			return nil
 		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("backlog: %w", err)
 	}
-	return counts, nil
+	return out, nil
 }

@@ -369,25 +369,32 @@ func (s *Store) NextLeaseExpiry(ctx context.Context) (time.Time, bool, error) {
 	return store.FromMicros(int64(zs[0].Score)), true, nil
 }
 
-// Backlog returns the number of scheduled, unleased attempts per phase.
-func (s *Store) Backlog(ctx context.Context) (map[string]int64, error) {
+// Backlog returns the scheduled, unleased attempts per phase and the
+// earliest due time of each: one pipeline of ZCARD and ZRANGE 0 0 per phase.
+func (s *Store) Backlog(ctx context.Context) (map[string]store.PhaseBacklog, error) {
 	phases, err := s.client.SMembers(ctx, s.k.phases()).Result()
 	if err != nil {
 		return nil, s.wrap("backlog", err)
 	}
 	pipe := s.client.Pipeline()
-	cmds := make([]*redis.IntCmd, len(phases))
+	counts := make([]*redis.IntCmd, len(phases))
+	firsts := make([]*redis.ZSliceCmd, len(phases))
 	for i, ph := range phases {
-		cmds[i] = pipe.ZCard(ctx, s.k.due(ph))
+		counts[i] = pipe.ZCard(ctx, s.k.due(ph))
+		firsts[i] = pipe.ZRangeWithScores(ctx, s.k.due(ph), 0, 0)
 	}
 	if len(phases) > 0 {
 		if _, err := pipe.Exec(ctx); err != nil {
 			return nil, s.wrap("backlog", err)
 		}
 	}
-	out := make(map[string]int64, len(phases))
+	out := make(map[string]store.PhaseBacklog, len(phases))
 	for i, ph := range phases {
-		out[ph] = cmds[i].Val()
+		b := store.PhaseBacklog{Scheduled: counts[i].Val()}
+		if z := firsts[i].Val(); len(z) > 0 {
+			b.OldestDue = store.FromMicros(int64(z[0].Score))
+		}
+		out[ph] = b
 	}
 	return out, nil
 }

@@ -8,7 +8,8 @@ import (
 )
 
 // testBacklog: every backend counts scheduled, unleased attempts per phase
-// (the retryd_backlog metric), and refuses a ListJobs cursor it did not make
+// and finds the earliest due time of each (the retryd_backlog and
+// retryd_backlog_overdue_seconds metrics), and refuses a ListJobs cursor it did not make
 // with ErrInvalidArgument.
 func testBacklog(t *testing.T, newStore Factory) {
 	t.Run("CountsScheduledNotLeased", func(t *testing.T) {
@@ -19,14 +20,17 @@ func testBacklog(t *testing.T, newStore Factory) {
 		}
 		counts, err := bc.Backlog(h.ctx)
 		requireErr(t, err, nil, "Backlog of an empty store")
-		requireEqual(t, map[string]int64{}, withoutZeros(counts), "empty store")
-		h.fail(failure("a", "extraction", 0, Base))
+		requireEqual(t, map[string]store.PhaseBacklog{}, withoutZeros(counts), "empty store")
+		// Due a minute after each report: b's retry is the earliest,
+		// though reported after a's.
+		h.fail(failure("a", "extraction", 0, at(2*time.Second)))
 		h.fail(failure("b", "extraction", 0, Base))
 		h.fail(failure("c", "chunking", 0, Base))
 		h.claimOne(at(time.Hour), "chunking")
 		counts, err = bc.Backlog(h.ctx)
 		requireErr(t, err, nil, "Backlog")
-		requireEqual(t, map[string]int64{"extraction": 2}, withoutZeros(counts), "a leased attempt is not backlog")
+		requireEqual(t, map[string]store.PhaseBacklog{"extraction": {Scheduled: 2, OldestDue: at(time.Minute)}},
+			withoutZeros(counts), "a leased attempt is not backlog")
 	})
 	t.Run("BadCursor", func(t *testing.T) {
 		h := setup(t, newStore)
@@ -37,10 +41,12 @@ func testBacklog(t *testing.T, newStore Factory) {
 	})
 }
 
-func withoutZeros(m map[string]int64) map[string]int64 {
-	out := make(map[string]int64)
+// withoutZeros drops the phases with nothing scheduled (a store may list
+// every phase it has seen).
+func withoutZeros(m map[string]store.PhaseBacklog) map[string]store.PhaseBacklog {
+	out := make(map[string]store.PhaseBacklog)
 	for k, v := range m {
-		if v != 0 {
+		if v.Scheduled != 0 {
 			out[k] = v
 		}
 	}

@@ -177,8 +177,8 @@ func checkConservation(t *testing.T, st *redisstore.Store, l *ledger) census {
 	backlog, err := st.Backlog(ctx)
 	require.NoError(t, err)
 	var due int64
-	for _, n := range backlog {
-		due += n
+	for _, b := range backlog {
+		due += b.Scheduled
 	}
 	require.Equal(t, int64(len(backoff)), due, "the due sets hold exactly the jobs in backoff")
 	leases, err := st.ExpiredLeases(ctx, time.Now().Add(1000*time.Hour), 1_000_000)
