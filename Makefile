@@ -8,7 +8,7 @@ GRPCURL := $(TOOLS)/bin/grpcurl
 STATICCHECK_VERSION := v0.8.2
 STATICCHECK := $(TOOLS)/bin/staticcheck-$(STATICCHECK_VERSION)
 
-.PHONY: all tools deps generate check-generated lint test test-go test-fuzz fuzz test-python run build clean bench bench-go bench-scale
+.PHONY: all tools deps generate check-generated lint test test-go test-fuzz fuzz test-python test-alerts run build clean bench bench-go bench-scale
 
 all: build
 
@@ -50,7 +50,11 @@ lint: $(BUF) $(STATICCHECK)
 	$(STATICCHECK) -checks inherit,-ST1005 ./...
 
 ## test: everything CI runs (installs the Debian packages it needs if missing)
-test: deps lint check-generated test-go test-fuzz test-python
+test: deps lint check-generated test-go test-fuzz test-python test-alerts
+
+## test-alerts: promtool checks the alerting rules and runs their unit tests
+test-alerts:
+	cd deploy/prometheus && promtool check rules retryd-alerts.yaml && promtool test rules retryd-alerts.test.yaml
 
 ## test-go: the Go suite with the race detector
 test-go:

@@ -1,12 +1,17 @@
 package metrics
 
 import (
+	"os"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/jonboulle/clockwork"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
 
+	retrydv1 "github.com/retryd/retryd/gen/retryd/v1"
 	"github.com/retryd/retryd/internal/teststore"
 	"github.com/retryd/retryd/store"
 )
@@ -106,4 +111,45 @@ func TestBacklog(t *testing.T) {
 	clock.Advance(90 * time.Second)
 	require.Equal(t, map[string]float64{"phase=chunking": 0, "phase=extraction": 30}, counters(t, m, "retryd_backlog_overdue_seconds"),
 		"a has been due for 30 s")
+}
+
+// TestAlertRulesUseExportedMetrics: every metric the alerting rules
+// (deploy/prometheus/retryd-alerts.yaml, unit-tested by promtool) query is
+// one retryd exports, so that renaming a metric cannot silently mute an
+// alert.
+func TestAlertRulesUseExportedMetrics(t *testing.T) {
+	t.Parallel()
+	rules, err := os.ReadFile("../../deploy/prometheus/retryd-alerts.yaml")
+	require.NoError(t, err)
+
+	// Export every family: one observation of each, a backlog, the clock,
+	// and the RPC metrics of the registered services.
+	m := New()
+	st := teststore.New(t, "bolt")
+	m.RegisterBacklog(st, clockwork.NewRealClock())
+	m.RegisterClock(func() (time.Duration, time.Duration) { return 0, 0 })
+	_, err = st.RecordFailure(t.Context(), store.Failure{JobID: "j", Phase: "p", ErrorType: "T", Now: time.Now(),
+		Verdict: store.Verdict{Decision: store.DecisionRetry, Retryable: true, Reason: "r", NextRetryCount: 1, Delay: time.Minute, DueAt: time.Now().Add(time.Minute)}})
+	require.NoError(t, err)
+	m.Decided("p", "T", store.DecisionRetry)
+	m.Sent("p", time.Now(), time.Now())
+	m.LeaseExpired("p")
+	gs := grpc.NewServer()
+	retrydv1.RegisterRetryServiceServer(gs, retrydv1.UnimplementedRetryServiceServer{})
+	m.GRPC.InitializeMetrics(gs)
+	families, err := m.Registry.Gather()
+	require.NoError(t, err)
+	exported := map[string]bool{}
+	for _, f := range families {
+		exported[f.GetName()] = true
+	}
+
+	names := regexp.MustCompile(`\b(?:retryd|grpc_server)_[a-z_]+`).FindAllString(string(rules), -1)
+	require.NotEmpty(t, names)
+	for _, n := range names {
+		if strings.HasSuffix(n, "_bucket") && !exported[n] {
+			n = strings.TrimSuffix(n, "_bucket") // a histogram's series
+		}
+		require.True(t, exported[n], "the alerting rules query %s, which retryd does not export", n)
+	}
 }
