@@ -148,3 +148,22 @@ func TestDebugLogsEveryCall(t *testing.T) {
 	_, err = strconv.ParseFloat(lines[0]["grpc.time_ms"].(string), 64)
 	require.NoError(t, err)
 }
+
+// TestEndedStreamsAreLoggedAtInfo: a Dispatch stream that its worker's
+// deadline ended is logged at info with its code, not as a warning: a
+// stream lasts as long as its client wants.
+func TestEndedStreamsAreLoggedAtInfo(t *testing.T) {
+	t.Parallel()
+	client, buf := logServer(t, slog.LevelInfo, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	stream, err := client.Dispatch(ctx, &retrydv1.DispatchRequest{Phases: []string{"extraction"}, WorkerId: "w"})
+	require.NoError(t, err)
+	_, err = stream.Recv()
+	require.Equal(t, codes.DeadlineExceeded, status.Code(err))
+	var lines []map[string]any
+	require.Eventually(t, func() bool { lines = buf.finishedCalls(t); return len(lines) >= 1 }, 5*time.Second, time.Millisecond)
+	require.Equal(t, "Dispatch", lines[0]["grpc.method"])
+	require.Contains(t, []any{"DeadlineExceeded", "Canceled"}, lines[0]["grpc.code"])
+	require.Equal(t, "INFO", lines[0]["level"])
+}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"time"
 
@@ -173,14 +174,9 @@ func New(cfg Config) (*Server, error) {
 	logOpts := []logging.Option{
 		logging.WithLogOnEvents(logging.FinishCall),
 		logging.WithFieldsFromContextAndCallMeta(callStartFields),
-		// Successful calls are the hot path (thousands a second): debug only.
-		logging.WithLevels(func(c codes.Code) logging.Level {
-			if c == codes.OK {
-				return logging.LevelDebug
-			}
-			return logging.DefaultServerCodeToLevel(c)
-		}),
+		logging.WithLevels(unaryLevel),
 	}
+	streamLogOpts := append(slices.Clone(logOpts), logging.WithLevels(streamLevel))
 	recoveryOpts := []recovery.Option{recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
 		cfg.Logger.ErrorContext(ctx, "panic in a handler", "panic", p, "stack", string(debug.Stack()))
 		return status.Error(codes.Internal, "internal error")
@@ -204,7 +200,7 @@ func New(cfg Config) (*Server, error) {
 		grpc.ChainStreamInterceptor(
 			inFlight.stream(),
 			cfg.Metrics.GRPC.StreamServerInterceptor(),
-			logging.StreamServerInterceptor(logger, logOpts...),
+			logging.StreamServerInterceptor(logger, streamLogOpts...),
 			recovery.StreamServerInterceptor(recoveryOpts...),
 		),
 		// A payload at the limit, plus the rest of a maximal request.
@@ -226,6 +222,26 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{deps: d, grpc: gs, health: hs, healthInterval: cfg.HealthInterval, calls: inFlight}
 	s.setServing(false)
 	return s, nil
+}
+
+// unaryLevel is the log level of a finished unary call: successful calls
+// are the hot path (thousands a second), debug only; the rest as
+// go-grpc-middleware's default (DEADLINE_EXCEEDED, UNAVAILABLE… warn).
+func unaryLevel(c codes.Code) logging.Level {
+	if c == codes.OK {
+		return logging.LevelDebug
+	}
+	return logging.DefaultServerCodeToLevel(c)
+}
+
+// streamLevel is unaryLevel for a stream, which lasts as long as its client
+// wants: one that the client cancelled or gave a deadline (a worker
+// stopping, grpcurl -max-time) ended normally, info rather than a warning.
+func streamLevel(c codes.Code) logging.Level {
+	if c == codes.Canceled || c == codes.DeadlineExceeded {
+		return logging.LevelInfo
+	}
+	return unaryLevel(c)
 }
 
 // streamWorkers sizes gRPC's pool of handler goroutines. Without one, every
