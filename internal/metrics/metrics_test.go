@@ -1,7 +1,11 @@
 package metrics
 
 import (
+	"encoding/json"
+	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -113,25 +117,21 @@ func TestBacklog(t *testing.T) {
 		"a has been due for 30 s")
 }
 
-// TestAlertRulesUseExportedMetrics: every metric the alerting rules
-// (deploy/prometheus/retryd-alerts.yaml, unit-tested by promtool) query is
-// one retryd exports, so that renaming a metric cannot silently mute an
-// alert.
-func TestAlertRulesUseExportedMetrics(t *testing.T) {
-	t.Parallel()
-	rules, err := os.ReadFile("../../deploy/prometheus/retryd-alerts.yaml")
-	require.NoError(t, err)
-
-	// Export every family: one observation of each, a backlog, the clock,
-	// and the RPC metrics of the registered services.
+// exportedMetrics is the name of every metric family retryd exports: one
+// observation of each, a backlog, the clock, and the RPC metrics of the
+// registered services.
+func exportedMetrics(t *testing.T) map[string]bool {
+	t.Helper()
 	m := New()
 	st := teststore.New(t, "bolt")
 	m.RegisterBacklog(st, clockwork.NewRealClock())
 	m.RegisterClock(func() (time.Duration, time.Duration) { return 0, 0 })
-	_, err = st.RecordFailure(t.Context(), store.Failure{JobID: "j", Phase: "p", ErrorType: "T", Now: time.Now(),
+	_, err := st.RecordFailure(t.Context(), store.Failure{JobID: "j", Phase: "p", ErrorType: "T", Now: time.Now(),
 		Verdict: store.Verdict{Decision: store.DecisionRetry, Retryable: true, Reason: "r", NextRetryCount: 1, Delay: time.Minute, DueAt: time.Now().Add(time.Minute)}})
 	require.NoError(t, err)
 	m.Decided("p", "T", store.DecisionRetry)
+	m.Decided("p", "T", store.DecisionGiveUp)
+	m.Succeeded("p", 1)
 	m.Sent("p", time.Now(), time.Now())
 	m.LeaseExpired("p")
 	gs := grpc.NewServer()
@@ -143,13 +143,68 @@ func TestAlertRulesUseExportedMetrics(t *testing.T) {
 	for _, f := range families {
 		exported[f.GetName()] = true
 	}
+	return exported
+}
 
-	names := regexp.MustCompile(`\b(?:retryd|grpc_server)_[a-z_]+`).FindAllString(string(rules), -1)
-	require.NotEmpty(t, names)
+// requireExported fails when a PromQL text of source names a retryd or
+// gRPC server metric that retryd does not export, so that renaming a
+// metric cannot silently mute an alert or empty a panel.
+func requireExported(t *testing.T, exported map[string]bool, source, promql string) {
+	t.Helper()
+	names := regexp.MustCompile(`\b(?:retryd|grpc_server)_[a-z_]+`).FindAllString(promql, -1)
+	require.NotEmpty(t, names, "%s names no metric", source)
 	for _, n := range names {
 		if strings.HasSuffix(n, "_bucket") && !exported[n] {
 			n = strings.TrimSuffix(n, "_bucket") // a histogram's series
 		}
-		require.True(t, exported[n], "the alerting rules query %s, which retryd does not export", n)
+		require.True(t, exported[n], "%s queries %s, which retryd does not export", source, n)
 	}
+}
+
+// TestAlertRulesUseExportedMetrics: every metric the alerting rules
+// (deploy/prometheus/retryd-alerts.yaml, unit-tested by promtool) query is
+// one retryd exports.
+func TestAlertRulesUseExportedMetrics(t *testing.T) {
+	t.Parallel()
+	rules, err := os.ReadFile("../../deploy/prometheus/retryd-alerts.yaml")
+	require.NoError(t, err)
+	requireExported(t, exportedMetrics(t), "the alerting rules", string(rules))
+}
+
+// TestDashboard: every query of the Grafana dashboard
+// (deploy/grafana/retryd-dashboard.json) is valid PromQL (promtool checks
+// it, as a recording rule, with Grafana's variables filled in) and asks
+// for metrics retryd exports.
+func TestDashboard(t *testing.T) {
+	t.Parallel()
+	data, err := os.ReadFile("../../deploy/grafana/retryd-dashboard.json")
+	require.NoError(t, err)
+	var dash struct {
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+	}
+	require.NoError(t, json.Unmarshal(data, &dash))
+	exported := exportedMetrics(t)
+	vars := strings.NewReplacer("$__rate_interval", "5m", "$phase", ".*")
+	var rules strings.Builder
+	rules.WriteString("groups:\n  - name: dashboard\n    rules:\n")
+	n := 0
+	for _, p := range dash.Panels {
+		require.NotEmpty(t, p.Targets, "panel %q has no query", p.Title)
+		for _, tg := range p.Targets {
+			requireExported(t, exported, fmt.Sprintf("panel %q", p.Title), tg.Expr)
+			expr, err := json.Marshal(vars.Replace(tg.Expr)) // a JSON string is a YAML string
+			require.NoError(t, err)
+			fmt.Fprintf(&rules, "      - record: panel_%d\n        expr: %s\n", n, expr)
+			n++
+		}
+	}
+	path := filepath.Join(t.TempDir(), "dashboard-rules.yaml")
+	require.NoError(t, os.WriteFile(path, []byte(rules.String()), 0o600))
+	promtool, err := exec.LookPath("promtool")
+	require.NoError(t, err, "promtool not found: install it with `apt-get install prometheus` (Debian), or run `make deps`")
+	out, err := exec.Command(promtool, "check", "rules", path).CombinedOutput()
+	require.NoError(t, err, "promtool check rules:\n%s", out)
 }
