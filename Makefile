@@ -89,7 +89,7 @@ run:
 	go run ./cmd/retryd
 
 build:
-	go build -o bin/retryd ./cmd/retryd
+	go build -buildvcs=auto -o bin/retryd ./cmd/retryd
 
 ## bench: issue 5's three points (throughput, lag, memory) on both stores with
 ## retrybench, BENCH_RUNS runs each (the memory point BENCH_MEMORY_RUNS); the

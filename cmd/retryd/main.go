@@ -18,7 +18,7 @@ import (
 
 func main() {
 	cfg, err := config.Load(os.Args[1:], os.Environ())
-	if errors.Is(err, flag.ErrHelp) {
+	if errors.Is(err, flag.ErrHelp) || errors.Is(err, config.ErrVersion) {
 		os.Exit(0)
 	}
 	if err != nil {

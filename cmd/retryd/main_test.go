@@ -194,6 +194,13 @@ func TestGracefulShutdown(t *testing.T) {
 	require.Contains(t, p.logs.String(), "retryd stopped")
 }
 
+// TestVersion: --version prints the build on one line and exits 0.
+func TestVersion(t *testing.T) {
+	out, err := exec.Command(bin.retryd, "--version").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	require.Regexp(t, `^retryd \S+ .*go1\.\d+.*\n$`, string(out))
+}
+
 // TestHelpListsEveryFlag: --help names each flag's environment twin.
 func TestHelpListsEveryFlag(t *testing.T) {
 	out, err := exec.Command(bin.retryd, "--help").CombinedOutput()

@@ -18,6 +18,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/retryd/retryd/internal/auth"
+	"github.com/retryd/retryd/internal/buildinfo"
 	"github.com/retryd/retryd/internal/config"
 	"github.com/retryd/retryd/internal/metrics"
 	"github.com/retryd/retryd/internal/redislog"
@@ -65,7 +66,7 @@ func Run(ctx context.Context, cfg config.Config, logOut io.Writer) error {
 		return err
 	}
 	defer stopClock()
-	log.Info("retryd starting", "listen", cfg.Listen, "store", where, "metrics_listen", cfg.MetricsListen,
+	log.Info("retryd starting", "build", buildinfo.Read().String(), "listen", cfg.Listen, "store", where, "metrics_listen", cfg.MetricsListen,
 		"lease_duration", cfg.LeaseDuration, "jitter", policy.Jitter())
 	for _, line := range policyLines(policy) {
 		log.Info("policy", "phase", line.phase, "schedule", line.schedule)

@@ -393,3 +393,7 @@ func checkOneOf(s string, allowed ...string) error {
 // ErrHelp is returned (wrapped) by Load when -h or --help was given, after
 // the usage was written to standard output. It is flag.ErrHelp.
 var ErrHelp = flag.ErrHelp
+
+// ErrVersion is returned by Load when --version was given, after the build
+// was written to standard output.
+var ErrVersion = errors.New("--version")

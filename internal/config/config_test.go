@@ -647,6 +647,17 @@ func TestEmptyFileIsAllDefaults(t *testing.T) {
 	}
 }
 
+// TestVersion: --version writes the build's line and stops the start-up,
+// whatever else is given.
+func TestVersion(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	_, err := load([]string{"--max-retries", "2", "--version"}, nil, &out)
+	require.ErrorIs(t, err, ErrVersion)
+	require.True(t, strings.HasPrefix(out.String(), "retryd "), out.String())
+	require.Contains(t, Usage(), "--version")
+}
+
 func TestHelp(t *testing.T) {
 	t.Parallel()
 	for _, arg := range []string{"-h", "--help", "-help"} {

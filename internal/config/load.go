@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/retryd/retryd/internal/buildinfo"
 	"github.com/retryd/retryd/scheduler"
 )
 
@@ -64,7 +65,8 @@ func (a assignment) display(v string) string {
 // config file that --config or RETRYD_CONFIG names. The result is valid.
 //
 // With -h or --help it writes Usage to standard output and returns an error
-// wrapping ErrHelp.
+// wrapping ErrHelp; with --version, the build (internal/buildinfo) and
+// ErrVersion.
 func Load(args, environ []string) (Config, error) {
 	return load(args, environ, os.Stdout)
 }
@@ -73,6 +75,10 @@ func load(args, environ []string, helpOut io.Writer) (Config, error) {
 	flagLayer, err := parseFlags(args)
 	if errors.Is(err, flag.ErrHelp) {
 		_, _ = io.WriteString(helpOut, Usage())
+		return Config{}, err
+	}
+	if errors.Is(err, ErrVersion) {
+		_, _ = io.WriteString(helpOut, buildinfo.Read().String()+"\n")
 		return Config{}, err
 	}
 	if err != nil {
@@ -164,6 +170,7 @@ func (v *flagValue) Set(s string) error {
 func parseFlags(args []string) ([]assignment, error) {
 	fs := flag.NewFlagSet("retryd", flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // errors are returned; help is written by load
+	version := fs.Bool("version", false, "print the build and exit")
 	values := make([]*flagValue, len(settings))
 	for i := range settings {
 		s := &settings[i]
@@ -177,6 +184,9 @@ func parseFlags(args []string) ([]assignment, error) {
 			return nil, err
 		}
 		return nil, fmt.Errorf("%w (see retryd --help)", err)
+	}
+	if *version {
+		return nil, ErrVersion
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q: retryd takes flags only (see retryd --help)", fs.Arg(0))
@@ -226,6 +236,7 @@ file key. Precedence: flags, then the environment, then the config file,
 then the defaults. An environment variable set to "" counts as unset.
 Durations are a number of seconds (60, 1.5) or Go syntax (250ms, 1h30m).
 Lists are comma-separated (YAML sequences in the config file).
+--version prints the build and exits.
 `)
 	def := Default()
 	group := ""

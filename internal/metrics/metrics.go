@@ -5,6 +5,7 @@ package metrics
 import (
 	"context"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/retryd/retryd/internal/buildinfo"
 	"github.com/retryd/retryd/store"
 )
 
@@ -90,8 +92,16 @@ func New() *Metrics {
 	for _, reason := range []string{"age", "count"} {
 		m.jobsExpired.WithLabelValues(reason)
 	}
+	build := buildinfo.Read()
+	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "retryd_build_info",
+		Help: "Always 1; its labels say which build runs (as retryd --version).",
+		ConstLabels: prometheus.Labels{"version": build.Version, "revision": build.Revision,
+			"modified": strconv.FormatBool(build.Modified), "goversion": build.GoVersion},
+	})
+	buildInfo.Set(1)
 	m.Registry.MustRegister(
-		m.GRPC, m.retriesScheduled, m.givenUp, m.successes, m.leasesExpired,
+		buildInfo, m.GRPC, m.retriesScheduled, m.givenUp, m.successes, m.leasesExpired,
 		m.dispatched, m.dispatchLag, m.jobsExpired, m.statsExpired,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

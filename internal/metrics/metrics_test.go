@@ -88,6 +88,18 @@ func TestClock(t *testing.T) {
 	require.Equal(t, -1.5, v, "read at scrape time")
 }
 
+// TestBuildInfo: retryd_build_info is 1, labelled with the build.
+func TestBuildInfo(t *testing.T) {
+	t.Parallel()
+	got := counters(t, New(), "retryd_build_info")
+	require.Len(t, got, 1)
+	for labels, v := range got {
+		require.Equal(t, 1.0, v)
+		require.Contains(t, labels, "goversion=go1.")
+		require.Contains(t, labels, "version=")
+	}
+}
+
 // TestBacklog: per phase, the scheduled retries and how long the earliest
 // has been due on the scheduling clock, read from the store at each scrape.
 func TestBacklog(t *testing.T) {
