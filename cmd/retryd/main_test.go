@@ -241,9 +241,30 @@ func TestMetricsEndpoint(t *testing.T) {
 		`retryd_backlog{phase="extraction"} 1`,
 		`retryd_dispatched_total{phase="extraction"} 1`,
 		`retryd_dispatch_lag_seconds_count{phase="extraction"} 1`,
+		`retryd_backlog_overdue_seconds{phase="extraction"} `,
+		`retryd_build_info{goversion="go1.`,
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
+	}
+	resp, err = http.Get("http://" + maddr + "/debug/pprof/")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusNotFound, resp.StatusCode, "no profiler without --metrics-pprof")
+}
+
+// TestMetricsPprof: with --metrics-pprof the metrics address serves Go's
+// profiler too.
+func TestMetricsPprof(t *testing.T) {
+	maddr := freeAddr(t)
+	start(t, []string{"RETRYD_METRICS_PPROF=true"}, "--data-dir", t.TempDir(), "--metrics-listen", maddr)
+	for _, path := range []string{"/debug/pprof/", "/debug/pprof/heap?debug=1", "/debug/pprof/goroutine?debug=1", "/metrics"} {
+		resp, err := http.Get("http://" + maddr + path)
+		require.NoError(t, err)
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.NoError(t, err)
+		require.Equal(t, http.StatusOK, resp.StatusCode, "%s: %s", path, body)
 	}
 }

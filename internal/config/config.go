@@ -52,6 +52,10 @@ type Config struct {
 	// MetricsListen is the address of the HTTP /metrics endpoint. Defaults
 	// to "", no endpoint.
 	MetricsListen string
+	// MetricsPprof also serves Go's profiler (/debug/pprof/) on
+	// MetricsListen. Defaults to false: profiles show internals and a CPU
+	// profile costs CPU while it runs.
+	MetricsPprof bool
 	// ConfigFile is the YAML file that was read. Defaults to "", none.
 	ConfigFile string
 	// Policy is the retry policy. Defaults to scheduler.DefaultPolicyConfig.
@@ -180,6 +184,9 @@ func (c Config) combinations() error {
 	if err := c.Policy.Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("retry policy: %w", err))
 	}
+	if c.MetricsPprof && c.MetricsListen == "" {
+		errs = append(errs, errors.New("--metrics-pprof needs --metrics-listen (the profiler is served next to /metrics)"))
+	}
 	if err := checkRedisTLS(&c); err != nil {
 		errs = append(errs, fmt.Errorf("Redis TLS (--redis-tls-ca, --redis-tls-cert, --redis-tls-key): %w", err))
 	}
@@ -203,6 +210,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("redis_prefix", c.RedisPrefix),
 		slog.String("data_dir", c.DataDir),
 		slog.String("metrics_listen", c.MetricsListen),
+		slog.Bool("metrics_pprof", c.MetricsPprof),
 		slog.String("config_file", c.ConfigFile),
 		slog.Duration("lease_duration", c.LeaseDuration),
 		slog.Duration("heartbeat_interval", c.HeartbeatInterval),

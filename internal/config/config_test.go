@@ -108,6 +108,7 @@ func TestExampleFile(t *testing.T) {
 	want.RedisDurability = "strict"
 	want.RedisWaitReplicas = 2
 	want.RedisWaitTimeout = 500 * time.Millisecond
+	want.MetricsPprof = true
 	want.RedisTLSCA = "/run/secrets/redis/ca.crt"
 	want.RedisTLSCert = "/run/secrets/redis/tls.crt"
 	want.RedisTLSKey = "/run/secrets/redis/tls.key"
@@ -186,6 +187,7 @@ var needs = map[string][]string{
 	"tls-admin-names":  withClientCA,
 	"tls-worker-names": withClientCA,
 	"redis-tls-ca":     withRedisTLS,
+	"metrics-pprof":    {"--metrics-listen", ":9100"},
 	"redis-tls-cert":   append([]string{"--redis-tls-key", "rk.pem"}, withRedisTLS...),
 	"redis-tls-key":    append([]string{"--redis-tls-cert", "rc.pem"}, withRedisTLS...),
 }
@@ -203,6 +205,7 @@ var (
 var everySetting = []sourceCase{
 	{"listen", "0.0.0.0:6000", func(c *Config) { c.Listen = "0.0.0.0:6000" }},
 	{"metrics-listen", ":9100", func(c *Config) { c.MetricsListen = ":9100" }},
+	{"metrics-pprof", "true", func(c *Config) { c.MetricsListen = ":9100"; c.MetricsPprof = true }},
 	{"heartbeat-interval", "2.5", func(c *Config) { c.HeartbeatInterval = 2500 * time.Millisecond }},
 	{"lease-duration", "90s", func(c *Config) { c.LeaseDuration = 90 * time.Second }},
 	{"max-payload-bytes", "1MiB", func(c *Config) { c.MaxPayloadBytes = 1 << 20 }},
@@ -566,6 +569,8 @@ func TestErrors(t *testing.T) {
 			"Redis TLS (--redis-tls-ca, --redis-tls-cert, --redis-tls-key): TLS settings (a CA or a client certificate) need a TLS URL: rediss://, rediss+sentinel:// or rediss+cluster://"},
 		{"a Redis CA for a plain Sentinel URL", nil, []string{"RETRYD_REDIS_URL=redis+sentinel://s1,s2/mymaster", "RETRYD_REDIS_TLS_CA=ca.pem"}, "",
 			"Redis TLS (--redis-tls-ca, --redis-tls-cert, --redis-tls-key): TLS settings (a CA or a client certificate) need a TLS URL: rediss://, rediss+sentinel:// or rediss+cluster://"},
+		{"a profiler without a metrics address", []string{"--metrics-pprof"}, nil, "",
+			"--metrics-pprof needs --metrics-listen (the profiler is served next to /metrics)"},
 		{"a Redis CA without Redis", []string{"--redis-tls-ca", "ca.pem"}, nil, "",
 			"Redis TLS (--redis-tls-ca, --redis-tls-cert, --redis-tls-key): needs --redis-url (the embedded store has no connection to secure)"},
 		{"a client CA without TLS", nil, []string{"RETRYD_TLS_CLIENT_CA=ca.pem"}, "", "--tls-client-ca needs --tls-cert and --tls-key: client certificates are checked in the TLS handshake"},

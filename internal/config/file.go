@@ -23,6 +23,7 @@ import (
 type fileConfig struct {
 	Listen            *string `yaml:"listen"`
 	MetricsListen     *string `yaml:"metrics_listen"`
+	MetricsPprof      *string `yaml:"metrics_pprof"`
 	HeartbeatInterval *string `yaml:"heartbeat_interval"`
 	LeaseDuration     *string `yaml:"lease_duration"`
 	MaxPayloadBytes   *string `yaml:"max_payload_bytes"`

@@ -81,6 +81,21 @@ var settings = []setting{
 			}
 			return checkHostPort(s)
 		}),
+	{
+		group: "Server", flag: "metrics-pprof", env: "RETRYD_METRICS_PPROF", key: "metrics_pprof",
+		boolean: true,
+		help: "Also serve Go's profiler (/debug/pprof/) on --metrics-listen, for a CPU or heap profile of a " +
+			"running retryd. Off by default: profiles show internals, and a CPU profile costs CPU while it runs.",
+		show: func(c *Config) string { return strconv.FormatBool(c.MetricsPprof) },
+		set: func(c *Config, _ string, v []string) error {
+			b, err := strconv.ParseBool(strings.TrimSpace(v[0]))
+			if err != nil {
+				return errors.New("not true or false")
+			}
+			c.MetricsPprof = b
+			return nil
+		},
+	},
 	durationSetting("Server", "heartbeat-interval", "RETRYD_HEARTBEAT_INTERVAL", "heartbeat_interval",
 		"How often an idle Dispatch stream gets a heartbeat.",
 		func(c *Config) *time.Duration { return &c.HeartbeatInterval }, checkPositive),
