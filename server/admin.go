@@ -2,7 +2,10 @@ package server
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"math"
+	"slices"
 	"time"
 
 	retrydv1 "github.com/retryd/retryd/gen/retryd/v1"
@@ -35,6 +38,80 @@ func (s *adminService) RetryJob(ctx context.Context, req *retrydv1.RetryJobReque
 		s.damaged(ctx, job.ID, err)
 	}
 	return &retrydv1.RetryJobResponse{Job: out}, nil
+}
+
+// RetryJobs re-drives a page of failed jobs: it lists up to page_size
+// failed jobs (newest first, as ListJobs), keeps those the filters match,
+// and re-drives each with the store's RetryJob, which re-checks the state
+// atomically: a job that stopped being failed meanwhile is skipped, not
+// retried twice. A store error stops the page; what was re-driven before
+// it stays re-driven (each RetryJob is its own change) and is logged.
+func (s *adminService) RetryJobs(ctx context.Context, req *retrydv1.RetryJobsRequest) (*retrydv1.RetryJobsResponse, error) {
+	var v violations
+	v.phase("phase", req.GetPhase(), false)
+	if n := len(req.GetErrorTypes()); n > MaxErrorTypeFilters {
+		v.add("error_types", "has %d items, the limit is %d", n, MaxErrorTypeFilters)
+	}
+	for i, t := range req.GetErrorTypes() {
+		if t == "" {
+			v.add(fmt.Sprintf("error_types[%d]", i), "must not be empty")
+		}
+		v.text(fmt.Sprintf("error_types[%d]", i), t, MaxErrorTypeBytes)
+	}
+	v.timestamp("failed_since", req.GetFailedSince())
+	if req.GetPageSize() > MaxPageSize {
+		v.add("page_size", "is %d, the limit is %d", req.GetPageSize(), MaxPageSize)
+	}
+	if len(req.GetPageToken()) > MaxPageTokenBytes {
+		v.add("page_token", "is %d bytes, the limit is %d", len(req.GetPageToken()), MaxPageTokenBytes)
+	}
+	if err := v.err(); err != nil {
+		return nil, err
+	}
+	size := int(req.GetPageSize())
+	if size == 0 {
+		size = DefaultPageSize
+	}
+	page, err := s.store.ListJobs(ctx, store.ListQuery{
+		State:  store.StateFailed,
+		Phase:  req.GetPhase(),
+		Limit:  size,
+		Cursor: req.GetPageToken(),
+	})
+	if err != nil {
+		return nil, storeError(ctx, s.log, "RetryJobs", err)
+	}
+	var since time.Time
+	if req.GetFailedSince() != nil {
+		since = req.GetFailedSince().AsTime()
+	}
+	now := s.clock.Now()
+	resp := &retrydv1.RetryJobsResponse{NextPageToken: page.NextCursor}
+	for _, j := range page.Jobs {
+		if !since.IsZero() && j.UpdatedAt.Before(since) {
+			// Newest first: every job from here on gave up before since.
+			resp.NextPageToken = ""
+			break
+		}
+		if j.LastFailedAt.Before(since) ||
+			(len(req.GetErrorTypes()) > 0 && !slices.Contains(req.GetErrorTypes(), j.LastErrorType)) {
+			continue
+		}
+		if !req.GetDryRun() {
+			redriven, err := s.store.RetryJob(ctx, j.ID, "", now)
+			switch {
+			case errors.Is(err, store.ErrJobNotFailed), errors.Is(err, store.ErrNotFound):
+				resp.SkippedJobIds = append(resp.SkippedJobIds, j.ID)
+				continue
+			case err != nil:
+				s.log.WarnContext(ctx, "bulk re-drive stopped by an error", "redriven", len(resp.GetJobs()), "job_id", j.ID, "err", err)
+				return nil, storeError(ctx, s.log, "RetryJobs", err)
+			}
+			s.log.InfoContext(ctx, "job re-driven by an operator", "job_id", redriven.ID, "phase", redriven.Phase, "cycle", redriven.Cycle, "bulk", true)
+		}
+		resp.Jobs = append(resp.Jobs, summaryToProto(j, now))
+	}
+	return resp, nil
 }
 
 func (s *adminService) CancelJob(ctx context.Context, req *retrydv1.CancelJobRequest) (*retrydv1.CancelJobResponse, error) {

@@ -36,6 +36,7 @@ const (
 	MaxPhasesPerStream   = 32
 	MaxInFlight          = 10_000
 	MaxPageSize          = 1000
+	MaxErrorTypeFilters  = 64
 	DefaultPageSize      = 50
 	MaxPageTokenBytes    = 1024
 	MaxReasonBytes       = 4096

@@ -124,6 +124,164 @@ func (x *RetryJobResponse) GetJob() *Job {
 	return nil
 }
 
+// RetryJobsRequest picks the failed jobs to re-drive. Filters combine with AND.
+type RetryJobsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only jobs that failed in this phase (their current phase); empty: any.
+	Phase string `protobuf:"bytes,1,opt,name=phase,proto3" json:"phase,omitempty"`
+	// Only jobs whose latest failed attempt had one of these error types
+	// (exactly as reported); empty: any.
+	ErrorTypes []string `protobuf:"bytes,2,rep,name=error_types,json=errorTypes,proto3" json:"error_types,omitempty"`
+	// Only jobs whose latest attempt failed at or after this time; unset: any.
+	FailedSince *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=failed_since,json=failedSince,proto3" json:"failed_since,omitempty"`
+	// At most this many failed jobs are examined (default 50, at most 1000).
+	PageSize uint32 `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The next_page_token of the previous call.
+	PageToken string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// List the jobs that would be re-driven, and change nothing.
+	DryRun        bool `protobuf:"varint,6,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryJobsRequest) Reset() {
+	*x = RetryJobsRequest{}
+	mi := &file_retryd_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryJobsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryJobsRequest) ProtoMessage() {}
+
+func (x *RetryJobsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_retryd_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryJobsRequest.ProtoReflect.Descriptor instead.
+func (*RetryJobsRequest) Descriptor() ([]byte, []int) {
+	return file_retryd_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RetryJobsRequest) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *RetryJobsRequest) GetErrorTypes() []string {
+	if x != nil {
+		return x.ErrorTypes
+	}
+	return nil
+}
+
+func (x *RetryJobsRequest) GetFailedSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FailedSince
+	}
+	return nil
+}
+
+func (x *RetryJobsRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *RetryJobsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *RetryJobsRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+// RetryJobsResponse says what was re-driven.
+type RetryJobsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The jobs re-driven (with dry_run: that would be), as they were before:
+	// state FAILED, their last error.
+	Jobs []*JobSummary `protobuf:"bytes,1,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	// Jobs that matched but were no longer failed when their turn came (a
+	// report or another operator got there first): left as they are.
+	SkippedJobIds []string `protobuf:"bytes,2,rep,name=skipped_job_ids,json=skippedJobIds,proto3" json:"skipped_job_ids,omitempty"`
+	// Pass it as page_token to go on; empty when every matching job was seen.
+	NextPageToken string `protobuf:"bytes,3,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryJobsResponse) Reset() {
+	*x = RetryJobsResponse{}
+	mi := &file_retryd_v1_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryJobsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryJobsResponse) ProtoMessage() {}
+
+func (x *RetryJobsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_retryd_v1_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryJobsResponse.ProtoReflect.Descriptor instead.
+func (*RetryJobsResponse) Descriptor() ([]byte, []int) {
+	return file_retryd_v1_admin_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *RetryJobsResponse) GetJobs() []*JobSummary {
+	if x != nil {
+		return x.Jobs
+	}
+	return nil
+}
+
+func (x *RetryJobsResponse) GetSkippedJobIds() []string {
+	if x != nil {
+		return x.SkippedJobIds
+	}
+	return nil
+}
+
+func (x *RetryJobsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 // CancelJobRequest names the job to cancel.
 type CancelJobRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -137,7 +295,7 @@ type CancelJobRequest struct {
 
 func (x *CancelJobRequest) Reset() {
 	*x = CancelJobRequest{}
-	mi := &file_retryd_v1_admin_proto_msgTypes[2]
+	mi := &file_retryd_v1_admin_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -149,7 +307,7 @@ func (x *CancelJobRequest) String() string {
 func (*CancelJobRequest) ProtoMessage() {}
 
 func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_retryd_v1_admin_proto_msgTypes[2]
+	mi := &file_retryd_v1_admin_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -162,7 +320,7 @@ func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobRequest.ProtoReflect.Descriptor instead.
 func (*CancelJobRequest) Descriptor() ([]byte, []int) {
-	return file_retryd_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_retryd_v1_admin_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *CancelJobRequest) GetJobId() string {
@@ -190,7 +348,7 @@ type CancelJobResponse struct {
 
 func (x *CancelJobResponse) Reset() {
 	*x = CancelJobResponse{}
-	mi := &file_retryd_v1_admin_proto_msgTypes[3]
+	mi := &file_retryd_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -202,7 +360,7 @@ func (x *CancelJobResponse) String() string {
 func (*CancelJobResponse) ProtoMessage() {}
 
 func (x *CancelJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_retryd_v1_admin_proto_msgTypes[3]
+	mi := &file_retryd_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -215,7 +373,7 @@ func (x *CancelJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobResponse.ProtoReflect.Descriptor instead.
 func (*CancelJobResponse) Descriptor() ([]byte, []int) {
-	return file_retryd_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_retryd_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CancelJobResponse) GetJob() *Job {
@@ -236,7 +394,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_retryd_v1_admin_proto_msgTypes[4]
+	mi := &file_retryd_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -248,7 +406,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_retryd_v1_admin_proto_msgTypes[4]
+	mi := &file_retryd_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -261,7 +419,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_retryd_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_retryd_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetJobRequest) GetJobId() string {
@@ -282,7 +440,7 @@ type GetJobResponse struct {
 
 func (x *GetJobResponse) Reset() {
 	*x = GetJobResponse{}
-	mi := &file_retryd_v1_admin_proto_msgTypes[5]
+	mi := &file_retryd_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -294,7 +452,7 @@ func (x *GetJobResponse) String() string {
 func (*GetJobResponse) ProtoMessage() {}
 
 func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_retryd_v1_admin_proto_msgTypes[5]
+	mi := &file_retryd_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -307,7 +465,7 @@ func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobResponse.ProtoReflect.Descriptor instead.
 func (*GetJobResponse) Descriptor() ([]byte, []int) {
-	return file_retryd_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_retryd_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetJobResponse) GetJob() *Job {
@@ -336,7 +494,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_retryd_v1_admin_proto_msgTypes[6]
+	mi := &file_retryd_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -348,7 +506,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_retryd_v1_admin_proto_msgTypes[6]
+	mi := &file_retryd_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -361,7 +519,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_retryd_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_retryd_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListJobsRequest) GetState() JobState {
@@ -412,7 +570,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_retryd_v1_admin_proto_msgTypes[7]
+	mi := &file_retryd_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -424,7 +582,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_retryd_v1_admin_proto_msgTypes[7]
+	mi := &file_retryd_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -437,7 +595,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_retryd_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_retryd_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListJobsResponse) GetJobs() []*JobSummary {
@@ -485,7 +643,7 @@ type JobSummary struct {
 
 func (x *JobSummary) Reset() {
 	*x = JobSummary{}
-	mi := &file_retryd_v1_admin_proto_msgTypes[8]
+	mi := &file_retryd_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -497,7 +655,7 @@ func (x *JobSummary) String() string {
 func (*JobSummary) ProtoMessage() {}
 
 func (x *JobSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_retryd_v1_admin_proto_msgTypes[8]
+	mi := &file_retryd_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -510,7 +668,7 @@ func (x *JobSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobSummary.ProtoReflect.Descriptor instead.
 func (*JobSummary) Descriptor() ([]byte, []int) {
-	return file_retryd_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_retryd_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *JobSummary) GetJobId() string {
@@ -603,7 +761,7 @@ type GetRetryStatsRequest struct {
 
 func (x *GetRetryStatsRequest) Reset() {
 	*x = GetRetryStatsRequest{}
-	mi := &file_retryd_v1_admin_proto_msgTypes[9]
+	mi := &file_retryd_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -615,7 +773,7 @@ func (x *GetRetryStatsRequest) String() string {
 func (*GetRetryStatsRequest) ProtoMessage() {}
 
 func (x *GetRetryStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_retryd_v1_admin_proto_msgTypes[9]
+	mi := &file_retryd_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -628,7 +786,7 @@ func (x *GetRetryStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRetryStatsRequest.ProtoReflect.Descriptor instead.
 func (*GetRetryStatsRequest) Descriptor() ([]byte, []int) {
-	return file_retryd_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_retryd_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetRetryStatsRequest) GetWindow() *durationpb.Duration {
@@ -658,7 +816,7 @@ type GetRetryStatsResponse struct {
 
 func (x *GetRetryStatsResponse) Reset() {
 	*x = GetRetryStatsResponse{}
-	mi := &file_retryd_v1_admin_proto_msgTypes[10]
+	mi := &file_retryd_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -670,7 +828,7 @@ func (x *GetRetryStatsResponse) String() string {
 func (*GetRetryStatsResponse) ProtoMessage() {}
 
 func (x *GetRetryStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_retryd_v1_admin_proto_msgTypes[10]
+	mi := &file_retryd_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -683,7 +841,7 @@ func (x *GetRetryStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRetryStatsResponse.ProtoReflect.Descriptor instead.
 func (*GetRetryStatsResponse) Descriptor() ([]byte, []int) {
-	return file_retryd_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_retryd_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetRetryStatsResponse) GetPhases() []*PhaseStats {
@@ -723,7 +881,7 @@ type PhaseStats struct {
 
 func (x *PhaseStats) Reset() {
 	*x = PhaseStats{}
-	mi := &file_retryd_v1_admin_proto_msgTypes[11]
+	mi := &file_retryd_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -735,7 +893,7 @@ func (x *PhaseStats) String() string {
 func (*PhaseStats) ProtoMessage() {}
 
 func (x *PhaseStats) ProtoReflect() protoreflect.Message {
-	mi := &file_retryd_v1_admin_proto_msgTypes[11]
+	mi := &file_retryd_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -748,7 +906,7 @@ func (x *PhaseStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PhaseStats.ProtoReflect.Descriptor instead.
 func (*PhaseStats) Descriptor() ([]byte, []int) {
-	return file_retryd_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_retryd_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PhaseStats) GetPhase() string {
@@ -810,7 +968,20 @@ const file_retryd_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"from_phase\x18\x02 \x01(\tR\tfromPhase\"4\n" +
 	"\x10RetryJobResponse\x12 \n" +
-	"\x03job\x18\x01 \x01(\v2\x0e.retryd.v1.JobR\x03job\"A\n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.retryd.v1.JobR\x03job\"\xdd\x01\n" +
+	"\x10RetryJobsRequest\x12\x14\n" +
+	"\x05phase\x18\x01 \x01(\tR\x05phase\x12\x1f\n" +
+	"\verror_types\x18\x02 \x03(\tR\n" +
+	"errorTypes\x12=\n" +
+	"\ffailed_since\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\vfailedSince\x12\x1b\n" +
+	"\tpage_size\x18\x04 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x05 \x01(\tR\tpageToken\x12\x17\n" +
+	"\adry_run\x18\x06 \x01(\bR\x06dryRun\"\x8e\x01\n" +
+	"\x11RetryJobsResponse\x12)\n" +
+	"\x04jobs\x18\x01 \x03(\v2\x15.retryd.v1.JobSummaryR\x04jobs\x12&\n" +
+	"\x0fskipped_job_ids\x18\x02 \x03(\tR\rskippedJobIds\x12&\n" +
+	"\x0fnext_page_token\x18\x03 \x01(\tR\rnextPageToken\"A\n" +
 	"\x10CancelJobRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"5\n" +
@@ -868,9 +1039,10 @@ const file_retryd_v1_admin_proto_rawDesc = "" +
 	"\bgiven_up\x18\a \x01(\x04R\agivenUp\x1aF\n" +
 	"\x18FailuresByErrorTypeEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x012\xf3\x02\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x012\xbb\x03\n" +
 	"\fAdminService\x12C\n" +
 	"\bRetryJob\x12\x1a.retryd.v1.RetryJobRequest\x1a\x1b.retryd.v1.RetryJobResponse\x12F\n" +
+	"\tRetryJobs\x12\x1b.retryd.v1.RetryJobsRequest\x1a\x1c.retryd.v1.RetryJobsResponse\x12F\n" +
 	"\tCancelJob\x12\x1b.retryd.v1.CancelJobRequest\x1a\x1c.retryd.v1.CancelJobResponse\x12=\n" +
 	"\x06GetJob\x12\x18.retryd.v1.GetJobRequest\x1a\x19.retryd.v1.GetJobResponse\x12C\n" +
 	"\bListJobs\x12\x1a.retryd.v1.ListJobsRequest\x1a\x1b.retryd.v1.ListJobsResponse\x12R\n" +
@@ -888,57 +1060,63 @@ func file_retryd_v1_admin_proto_rawDescGZIP() []byte {
 	return file_retryd_v1_admin_proto_rawDescData
 }
 
-var file_retryd_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_retryd_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_retryd_v1_admin_proto_goTypes = []any{
 	(*RetryJobRequest)(nil),       // 0: retryd.v1.RetryJobRequest
 	(*RetryJobResponse)(nil),      // 1: retryd.v1.RetryJobResponse
-	(*CancelJobRequest)(nil),      // 2: retryd.v1.CancelJobRequest
-	(*CancelJobResponse)(nil),     // 3: retryd.v1.CancelJobResponse
-	(*GetJobRequest)(nil),         // 4: retryd.v1.GetJobRequest
-	(*GetJobResponse)(nil),        // 5: retryd.v1.GetJobResponse
-	(*ListJobsRequest)(nil),       // 6: retryd.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),      // 7: retryd.v1.ListJobsResponse
-	(*JobSummary)(nil),            // 8: retryd.v1.JobSummary
-	(*GetRetryStatsRequest)(nil),  // 9: retryd.v1.GetRetryStatsRequest
-	(*GetRetryStatsResponse)(nil), // 10: retryd.v1.GetRetryStatsResponse
-	(*PhaseStats)(nil),            // 11: retryd.v1.PhaseStats
-	nil,                           // 12: retryd.v1.JobSummary.LabelsEntry
-	nil,                           // 13: retryd.v1.PhaseStats.FailuresByErrorTypeEntry
-	(*Job)(nil),                   // 14: retryd.v1.Job
-	(JobState)(0),                 // 15: retryd.v1.JobState
-	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 17: google.protobuf.Duration
+	(*RetryJobsRequest)(nil),      // 2: retryd.v1.RetryJobsRequest
+	(*RetryJobsResponse)(nil),     // 3: retryd.v1.RetryJobsResponse
+	(*CancelJobRequest)(nil),      // 4: retryd.v1.CancelJobRequest
+	(*CancelJobResponse)(nil),     // 5: retryd.v1.CancelJobResponse
+	(*GetJobRequest)(nil),         // 6: retryd.v1.GetJobRequest
+	(*GetJobResponse)(nil),        // 7: retryd.v1.GetJobResponse
+	(*ListJobsRequest)(nil),       // 8: retryd.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),      // 9: retryd.v1.ListJobsResponse
+	(*JobSummary)(nil),            // 10: retryd.v1.JobSummary
+	(*GetRetryStatsRequest)(nil),  // 11: retryd.v1.GetRetryStatsRequest
+	(*GetRetryStatsResponse)(nil), // 12: retryd.v1.GetRetryStatsResponse
+	(*PhaseStats)(nil),            // 13: retryd.v1.PhaseStats
+	nil,                           // 14: retryd.v1.JobSummary.LabelsEntry
+	nil,                           // 15: retryd.v1.PhaseStats.FailuresByErrorTypeEntry
+	(*Job)(nil),                   // 16: retryd.v1.Job
+	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
+	(JobState)(0),                 // 18: retryd.v1.JobState
+	(*durationpb.Duration)(nil),   // 19: google.protobuf.Duration
 }
 var file_retryd_v1_admin_proto_depIdxs = []int32{
-	14, // 0: retryd.v1.RetryJobResponse.job:type_name -> retryd.v1.Job
-	14, // 1: retryd.v1.CancelJobResponse.job:type_name -> retryd.v1.Job
-	14, // 2: retryd.v1.GetJobResponse.job:type_name -> retryd.v1.Job
-	15, // 3: retryd.v1.ListJobsRequest.state:type_name -> retryd.v1.JobState
-	8,  // 4: retryd.v1.ListJobsResponse.jobs:type_name -> retryd.v1.JobSummary
-	15, // 5: retryd.v1.JobSummary.state:type_name -> retryd.v1.JobState
-	16, // 6: retryd.v1.JobSummary.failed_at:type_name -> google.protobuf.Timestamp
-	16, // 7: retryd.v1.JobSummary.next_attempt_at:type_name -> google.protobuf.Timestamp
-	12, // 8: retryd.v1.JobSummary.labels:type_name -> retryd.v1.JobSummary.LabelsEntry
-	16, // 9: retryd.v1.JobSummary.updated_at:type_name -> google.protobuf.Timestamp
-	17, // 10: retryd.v1.GetRetryStatsRequest.window:type_name -> google.protobuf.Duration
-	11, // 11: retryd.v1.GetRetryStatsResponse.phases:type_name -> retryd.v1.PhaseStats
-	16, // 12: retryd.v1.GetRetryStatsResponse.since:type_name -> google.protobuf.Timestamp
-	13, // 13: retryd.v1.PhaseStats.failures_by_error_type:type_name -> retryd.v1.PhaseStats.FailuresByErrorTypeEntry
-	0,  // 14: retryd.v1.AdminService.RetryJob:input_type -> retryd.v1.RetryJobRequest
-	2,  // 15: retryd.v1.AdminService.CancelJob:input_type -> retryd.v1.CancelJobRequest
-	4,  // 16: retryd.v1.AdminService.GetJob:input_type -> retryd.v1.GetJobRequest
-	6,  // 17: retryd.v1.AdminService.ListJobs:input_type -> retryd.v1.ListJobsRequest
-	9,  // 18: retryd.v1.AdminService.GetRetryStats:input_type -> retryd.v1.GetRetryStatsRequest
-	1,  // 19: retryd.v1.AdminService.RetryJob:output_type -> retryd.v1.RetryJobResponse
-	3,  // 20: retryd.v1.AdminService.CancelJob:output_type -> retryd.v1.CancelJobResponse
-	5,  // 21: retryd.v1.AdminService.GetJob:output_type -> retryd.v1.GetJobResponse
-	7,  // 22: retryd.v1.AdminService.ListJobs:output_type -> retryd.v1.ListJobsResponse
-	10, // 23: retryd.v1.AdminService.GetRetryStats:output_type -> retryd.v1.GetRetryStatsResponse
-	19, // [19:24] is the sub-list for method output_type
-	14, // [14:19] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	16, // 0: retryd.v1.RetryJobResponse.job:type_name -> retryd.v1.Job
+	17, // 1: retryd.v1.RetryJobsRequest.failed_since:type_name -> google.protobuf.Timestamp
+	10, // 2: retryd.v1.RetryJobsResponse.jobs:type_name -> retryd.v1.JobSummary
+	16, // 3: retryd.v1.CancelJobResponse.job:type_name -> retryd.v1.Job
+	16, // 4: retryd.v1.GetJobResponse.job:type_name -> retryd.v1.Job
+	18, // 5: retryd.v1.ListJobsRequest.state:type_name -> retryd.v1.JobState
+	10, // 6: retryd.v1.ListJobsResponse.jobs:type_name -> retryd.v1.JobSummary
+	18, // 7: retryd.v1.JobSummary.state:type_name -> retryd.v1.JobState
+	17, // 8: retryd.v1.JobSummary.failed_at:type_name -> google.protobuf.Timestamp
+	17, // 9: retryd.v1.JobSummary.next_attempt_at:type_name -> google.protobuf.Timestamp
+	14, // 10: retryd.v1.JobSummary.labels:type_name -> retryd.v1.JobSummary.LabelsEntry
+	17, // 11: retryd.v1.JobSummary.updated_at:type_name -> google.protobuf.Timestamp
+	19, // 12: retryd.v1.GetRetryStatsRequest.window:type_name -> google.protobuf.Duration
+	13, // 13: retryd.v1.GetRetryStatsResponse.phases:type_name -> retryd.v1.PhaseStats
+	17, // 14: retryd.v1.GetRetryStatsResponse.since:type_name -> google.protobuf.Timestamp
+	15, // 15: retryd.v1.PhaseStats.failures_by_error_type:type_name -> retryd.v1.PhaseStats.FailuresByErrorTypeEntry
+	0,  // 16: retryd.v1.AdminService.RetryJob:input_type -> retryd.v1.RetryJobRequest
+	2,  // 17: retryd.v1.AdminService.RetryJobs:input_type -> retryd.v1.RetryJobsRequest
+	4,  // 18: retryd.v1.AdminService.CancelJob:input_type -> retryd.v1.CancelJobRequest
+	6,  // 19: retryd.v1.AdminService.GetJob:input_type -> retryd.v1.GetJobRequest
+	8,  // 20: retryd.v1.AdminService.ListJobs:input_type -> retryd.v1.ListJobsRequest
+	11, // 21: retryd.v1.AdminService.GetRetryStats:input_type -> retryd.v1.GetRetryStatsRequest
+	1,  // 22: retryd.v1.AdminService.RetryJob:output_type -> retryd.v1.RetryJobResponse
+	3,  // 23: retryd.v1.AdminService.RetryJobs:output_type -> retryd.v1.RetryJobsResponse
+	5,  // 24: retryd.v1.AdminService.CancelJob:output_type -> retryd.v1.CancelJobResponse
+	7,  // 25: retryd.v1.AdminService.GetJob:output_type -> retryd.v1.GetJobResponse
+	9,  // 26: retryd.v1.AdminService.ListJobs:output_type -> retryd.v1.ListJobsResponse
+	12, // 27: retryd.v1.AdminService.GetRetryStats:output_type -> retryd.v1.GetRetryStatsResponse
+	22, // [22:28] is the sub-list for method output_type
+	16, // [16:22] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_retryd_v1_admin_proto_init() }
@@ -953,7 +1131,7 @@ func file_retryd_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_retryd_v1_admin_proto_rawDesc), len(file_retryd_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

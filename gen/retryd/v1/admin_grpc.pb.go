@@ -20,6 +20,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	AdminService_RetryJob_FullMethodName      = "/retryd.v1.AdminService/RetryJob"
+	AdminService_RetryJobs_FullMethodName     = "/retryd.v1.AdminService/RetryJobs"
 	AdminService_CancelJob_FullMethodName     = "/retryd.v1.AdminService/CancelJob"
 	AdminService_GetJob_FullMethodName        = "/retryd.v1.AdminService/GetJob"
 	AdminService_ListJobs_FullMethodName      = "/retryd.v1.AdminService/ListJobs"
@@ -36,6 +37,12 @@ type AdminServiceClient interface {
 	// retry_count 0 and that phase's stored payload, in a new cycle. Only a
 	// job in JOB_STATE_FAILED may be retried (otherwise FAILED_PRECONDITION).
 	RetryJob(ctx context.Context, in *RetryJobRequest, opts ...grpc.CallOption) (*RetryJobResponse, error)
+	// RetryJobs re-drives failed jobs in bulk (after an outage or a bad
+	// deploy made many give up): the failed jobs that match its filters,
+	// newest first, each as RetryJob would (from the phase of its latest
+	// failed attempt). At most page_size failed jobs are examined per call;
+	// continue with next_page_token. dry_run lists them without retrying.
+	RetryJobs(ctx context.Context, in *RetryJobsRequest, opts ...grpc.CallOption) (*RetryJobsResponse, error)
 	// CancelJob stops a job: its scheduled or leased retry is dropped.
 	CancelJob(ctx context.Context, in *CancelJobRequest, opts ...grpc.CallOption) (*CancelJobResponse, error)
 	// GetJob returns a job with every attempt.
@@ -58,6 +65,16 @@ func (c *adminServiceClient) RetryJob(ctx context.Context, in *RetryJobRequest, 
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RetryJobResponse)
 	err := c.cc.Invoke(ctx, AdminService_RetryJob_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RetryJobs(ctx context.Context, in *RetryJobsRequest, opts ...grpc.CallOption) (*RetryJobsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RetryJobsResponse)
+	err := c.cc.Invoke(ctx, AdminService_RetryJobs_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -114,6 +131,12 @@ type AdminServiceServer interface {
 	// retry_count 0 and that phase's stored payload, in a new cycle. Only a
 	// job in JOB_STATE_FAILED may be retried (otherwise FAILED_PRECONDITION).
 	RetryJob(context.Context, *RetryJobRequest) (*RetryJobResponse, error)
+	// RetryJobs re-drives failed jobs in bulk (after an outage or a bad
+	// deploy made many give up): the failed jobs that match its filters,
+	// newest first, each as RetryJob would (from the phase of its latest
+	// failed attempt). At most page_size failed jobs are examined per call;
+	// continue with next_page_token. dry_run lists them without retrying.
+	RetryJobs(context.Context, *RetryJobsRequest) (*RetryJobsResponse, error)
 	// CancelJob stops a job: its scheduled or leased retry is dropped.
 	CancelJob(context.Context, *CancelJobRequest) (*CancelJobResponse, error)
 	// GetJob returns a job with every attempt.
@@ -134,6 +157,9 @@ type UnimplementedAdminServiceServer struct{}
 
 func (UnimplementedAdminServiceServer) RetryJob(context.Context, *RetryJobRequest) (*RetryJobResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RetryJob not implemented")
+}
+func (UnimplementedAdminServiceServer) RetryJobs(context.Context, *RetryJobsRequest) (*RetryJobsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RetryJobs not implemented")
 }
 func (UnimplementedAdminServiceServer) CancelJob(context.Context, *CancelJobRequest) (*CancelJobResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CancelJob not implemented")
@@ -182,6 +208,24 @@ func _AdminService_RetryJob_Handler(srv interface{}, ctx context.Context, dec fu
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(AdminServiceServer).RetryJob(ctx, req.(*RetryJobRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RetryJobs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RetryJobsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RetryJobs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RetryJobs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RetryJobs(ctx, req.(*RetryJobsRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -268,6 +312,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RetryJob",
 			Handler:    _AdminService_RetryJob_Handler,
+		},
+		{
+			MethodName: "RetryJobs",
+			Handler:    _AdminService_RetryJobs_Handler,
 		},
 		{
 			MethodName: "CancelJob",

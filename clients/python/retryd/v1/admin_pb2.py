@@ -16,7 +16,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from retryd.v1 import types_pb2 as retryd_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15retryd/v1/admin.proto\x12\tretryd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15retryd/v1/types.proto\"G\n\x0fRetryJobRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1d\n\nfrom_phase\x18\x02 \x01(\tR\tfromPhase\"4\n\x10RetryJobResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x0e.retryd.v1.JobR\x03job\"A\n\x10\x43\x61ncelJobRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n\x06reason\x18\x02 \x01(\tR\x06reason\"5\n\x11\x43\x61ncelJobResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x0e.retryd.v1.JobR\x03job\"&\n\rGetJobRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\"2\n\x0eGetJobResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x0e.retryd.v1.JobR\x03job\"\xad\x01\n\x0fListJobsRequest\x12)\n\x05state\x18\x01 \x01(\x0e\x32\x13.retryd.v1.JobStateR\x05state\x12\x14\n\x05phase\x18\x02 \x01(\tR\x05phase\x12\x1d\n\nin_backoff\x18\x03 \x01(\x08R\tinBackoff\x12\x1b\n\tpage_size\x18\x04 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x05 \x01(\tR\tpageToken\"e\n\x10ListJobsResponse\x12)\n\x04jobs\x18\x01 \x03(\x0b\x32\x15.retryd.v1.JobSummaryR\x04jobs\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xbd\x04\n\nJobSummary\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x13.retryd.v1.JobStateR\x05state\x12#\n\rcurrent_phase\x18\x03 \x01(\tR\x0c\x63urrentPhase\x12\x1f\n\x0bretry_count\x18\x04 \x01(\rR\nretryCount\x12\x37\n\tfailed_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x08\x66\x61iledAt\x12\x32\n\x15seconds_since_failure\x18\x06 \x01(\x01R\x13secondsSinceFailure\x12\x42\n\x0fnext_attempt_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\rnextAttemptAt\x12\x39\n\x06labels\x18\x08 \x03(\x0b\x32!.retryd.v1.JobSummary.LabelsEntryR\x06labels\x12&\n\x0flast_error_type\x18\t \x01(\tR\rlastErrorType\x12\x1d\n\nlast_error\x18\n \x01(\tR\tlastError\x12\x39\n\nupdated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\x1a\x39\n\x0bLabelsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"_\n\x14GetRetryStatsRequest\x12\x31\n\x06window\x18\x01 \x01(\x0b\x32\x19.google.protobuf.DurationR\x06window\x12\x14\n\x05phase\x18\x02 \x01(\tR\x05phase\"x\n\x15GetRetryStatsResponse\x12-\n\x06phases\x18\x01 \x03(\x0b\x32\x15.retryd.v1.PhaseStatsR\x06phases\x12\x30\n\x05since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x05since\"\x84\x03\n\nPhaseStats\x12\x14\n\x05phase\x18\x01 \x01(\tR\x05phase\x12#\n\rtotal_retries\x18\x02 \x01(\x04R\x0ctotalRetries\x12-\n\x12successful_retries\x18\x03 \x01(\x04R\x11successfulRetries\x12(\n\x10success_rate_pct\x18\x04 \x01(\x01R\x0esuccessRatePct\x12\x63\n\x16\x66\x61ilures_by_error_type\x18\x05 \x03(\x0b\x32..retryd.v1.PhaseStats.FailuresByErrorTypeEntryR\x13\x66\x61iluresByErrorType\x12\x1a\n\x08\x61ttempts\x18\x06 \x01(\x04R\x08\x61ttempts\x12\x19\n\x08given_up\x18\x07 \x01(\x04R\x07givenUp\x1a\x46\n\x18\x46\x61iluresByErrorTypeEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\x04R\x05value:\x02\x38\x01\x32\xf3\x02\n\x0c\x41\x64minService\x12\x43\n\x08RetryJob\x12\x1a.retryd.v1.RetryJobRequest\x1a\x1b.retryd.v1.RetryJobResponse\x12\x46\n\tCancelJob\x12\x1b.retryd.v1.CancelJobRequest\x1a\x1c.retryd.v1.CancelJobResponse\x12=\n\x06GetJob\x12\x18.retryd.v1.GetJobRequest\x1a\x19.retryd.v1.GetJobResponse\x12\x43\n\x08ListJobs\x12\x1a.retryd.v1.ListJobsRequest\x1a\x1b.retryd.v1.ListJobsResponse\x12R\n\rGetRetryStats\x12\x1f.retryd.v1.GetRetryStatsRequest\x1a .retryd.v1.GetRetryStatsResponseB1Z/github.com/retryd/retryd/gen/retryd/v1;retrydv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15retryd/v1/admin.proto\x12\tretryd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15retryd/v1/types.proto\"G\n\x0fRetryJobRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1d\n\nfrom_phase\x18\x02 \x01(\tR\tfromPhase\"4\n\x10RetryJobResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x0e.retryd.v1.JobR\x03job\"\xdd\x01\n\x10RetryJobsRequest\x12\x14\n\x05phase\x18\x01 \x01(\tR\x05phase\x12\x1f\n\x0b\x65rror_types\x18\x02 \x03(\tR\nerrorTypes\x12=\n\x0c\x66\x61iled_since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0b\x66\x61iledSince\x12\x1b\n\tpage_size\x18\x04 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x05 \x01(\tR\tpageToken\x12\x17\n\x07\x64ry_run\x18\x06 \x01(\x08R\x06\x64ryRun\"\x8e\x01\n\x11RetryJobsResponse\x12)\n\x04jobs\x18\x01 \x03(\x0b\x32\x15.retryd.v1.JobSummaryR\x04jobs\x12&\n\x0fskipped_job_ids\x18\x02 \x03(\tR\rskippedJobIds\x12&\n\x0fnext_page_token\x18\x03 \x01(\tR\rnextPageToken\"A\n\x10\x43\x61ncelJobRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n\x06reason\x18\x02 \x01(\tR\x06reason\"5\n\x11\x43\x61ncelJobResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x0e.retryd.v1.JobR\x03job\"&\n\rGetJobRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\"2\n\x0eGetJobResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x0e.retryd.v1.JobR\x03job\"\xad\x01\n\x0fListJobsRequest\x12)\n\x05state\x18\x01 \x01(\x0e\x32\x13.retryd.v1.JobStateR\x05state\x12\x14\n\x05phase\x18\x02 \x01(\tR\x05phase\x12\x1d\n\nin_backoff\x18\x03 \x01(\x08R\tinBackoff\x12\x1b\n\tpage_size\x18\x04 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x05 \x01(\tR\tpageToken\"e\n\x10ListJobsResponse\x12)\n\x04jobs\x18\x01 \x03(\x0b\x32\x15.retryd.v1.JobSummaryR\x04jobs\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xbd\x04\n\nJobSummary\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x13.retryd.v1.JobStateR\x05state\x12#\n\rcurrent_phase\x18\x03 \x01(\tR\x0c\x63urrentPhase\x12\x1f\n\x0bretry_count\x18\x04 \x01(\rR\nretryCount\x12\x37\n\tfailed_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x08\x66\x61iledAt\x12\x32\n\x15seconds_since_failure\x18\x06 \x01(\x01R\x13secondsSinceFailure\x12\x42\n\x0fnext_attempt_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\rnextAttemptAt\x12\x39\n\x06labels\x18\x08 \x03(\x0b\x32!.retryd.v1.JobSummary.LabelsEntryR\x06labels\x12&\n\x0flast_error_type\x18\t \x01(\tR\rlastErrorType\x12\x1d\n\nlast_error\x18\n \x01(\tR\tlastError\x12\x39\n\nupdated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\x1a\x39\n\x0bLabelsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"_\n\x14GetRetryStatsRequest\x12\x31\n\x06window\x18\x01 \x01(\x0b\x32\x19.google.protobuf.DurationR\x06window\x12\x14\n\x05phase\x18\x02 \x01(\tR\x05phase\"x\n\x15GetRetryStatsResponse\x12-\n\x06phases\x18\x01 \x03(\x0b\x32\x15.retryd.v1.PhaseStatsR\x06phases\x12\x30\n\x05since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x05since\"\x84\x03\n\nPhaseStats\x12\x14\n\x05phase\x18\x01 \x01(\tR\x05phase\x12#\n\rtotal_retries\x18\x02 \x01(\x04R\x0ctotalRetries\x12-\n\x12successful_retries\x18\x03 \x01(\x04R\x11successfulRetries\x12(\n\x10success_rate_pct\x18\x04 \x01(\x01R\x0esuccessRatePct\x12\x63\n\x16\x66\x61ilures_by_error_type\x18\x05 \x03(\x0b\x32..retryd.v1.PhaseStats.FailuresByErrorTypeEntryR\x13\x66\x61iluresByErrorType\x12\x1a\n\x08\x61ttempts\x18\x06 \x01(\x04R\x08\x61ttempts\x12\x19\n\x08given_up\x18\x07 \x01(\x04R\x07givenUp\x1a\x46\n\x18\x46\x61iluresByErrorTypeEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\x04R\x05value:\x02\x38\x01\x32\xbb\x03\n\x0c\x41\x64minService\x12\x43\n\x08RetryJob\x12\x1a.retryd.v1.RetryJobRequest\x1a\x1b.retryd.v1.RetryJobResponse\x12\x46\n\tRetryJobs\x12\x1b.retryd.v1.RetryJobsRequest\x1a\x1c.retryd.v1.RetryJobsResponse\x12\x46\n\tCancelJob\x12\x1b.retryd.v1.CancelJobRequest\x1a\x1c.retryd.v1.CancelJobResponse\x12=\n\x06GetJob\x12\x18.retryd.v1.GetJobRequest\x1a\x19.retryd.v1.GetJobResponse\x12\x43\n\x08ListJobs\x12\x1a.retryd.v1.ListJobsRequest\x1a\x1b.retryd.v1.ListJobsResponse\x12R\n\rGetRetryStats\x12\x1f.retryd.v1.GetRetryStatsRequest\x1a .retryd.v1.GetRetryStatsResponseB1Z/github.com/retryd/retryd/gen/retryd/v1;retrydv1b\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'retryd.v1.admin_pb2', globals())
@@ -32,30 +32,34 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _RETRYJOBREQUEST._serialized_end=195
   _RETRYJOBRESPONSE._serialized_start=197
   _RETRYJOBRESPONSE._serialized_end=249
-  _CANCELJOBREQUEST._serialized_start=251
-  _CANCELJOBREQUEST._serialized_end=316
-  _CANCELJOBRESPONSE._serialized_start=318
-  _CANCELJOBRESPONSE._serialized_end=371
-  _GETJOBREQUEST._serialized_start=373
-  _GETJOBREQUEST._serialized_end=411
-  _GETJOBRESPONSE._serialized_start=413
-  _GETJOBRESPONSE._serialized_end=463
-  _LISTJOBSREQUEST._serialized_start=466
-  _LISTJOBSREQUEST._serialized_end=639
-  _LISTJOBSRESPONSE._serialized_start=641
-  _LISTJOBSRESPONSE._serialized_end=742
-  _JOBSUMMARY._serialized_start=745
-  _JOBSUMMARY._serialized_end=1318
-  _JOBSUMMARY_LABELSENTRY._serialized_start=1261
-  _JOBSUMMARY_LABELSENTRY._serialized_end=1318
-  _GETRETRYSTATSREQUEST._serialized_start=1320
-  _GETRETRYSTATSREQUEST._serialized_end=1415
-  _GETRETRYSTATSRESPONSE._serialized_start=1417
-  _GETRETRYSTATSRESPONSE._serialized_end=1537
-  _PHASESTATS._serialized_start=1540
-  _PHASESTATS._serialized_end=1928
-  _PHASESTATS_FAILURESBYERRORTYPEENTRY._serialized_start=1858
-  _PHASESTATS_FAILURESBYERRORTYPEENTRY._serialized_end=1928
-  _ADMINSERVICE._serialized_start=1931
-  _ADMINSERVICE._serialized_end=2302
+  _RETRYJOBSREQUEST._serialized_start=252
+  _RETRYJOBSREQUEST._serialized_end=473
+  _RETRYJOBSRESPONSE._serialized_start=476
+  _RETRYJOBSRESPONSE._serialized_end=618
+  _CANCELJOBREQUEST._serialized_start=620
+  _CANCELJOBREQUEST._serialized_end=685
+  _CANCELJOBRESPONSE._serialized_start=687
+  _CANCELJOBRESPONSE._serialized_end=740
+  _GETJOBREQUEST._serialized_start=742
+  _GETJOBREQUEST._serialized_end=780
+  _GETJOBRESPONSE._serialized_start=782
+  _GETJOBRESPONSE._serialized_end=832
+  _LISTJOBSREQUEST._serialized_start=835
+  _LISTJOBSREQUEST._serialized_end=1008
+  _LISTJOBSRESPONSE._serialized_start=1010
+  _LISTJOBSRESPONSE._serialized_end=1111
+  _JOBSUMMARY._serialized_start=1114
+  _JOBSUMMARY._serialized_end=1687
+  _JOBSUMMARY_LABELSENTRY._serialized_start=1630
+  _JOBSUMMARY_LABELSENTRY._serialized_end=1687
+  _GETRETRYSTATSREQUEST._serialized_start=1689
+  _GETRETRYSTATSREQUEST._serialized_end=1784
+  _GETRETRYSTATSRESPONSE._serialized_start=1786
+  _GETRETRYSTATSRESPONSE._serialized_end=1906
+  _PHASESTATS._serialized_start=1909
+  _PHASESTATS._serialized_end=2297
+  _PHASESTATS_FAILURESBYERRORTYPEENTRY._serialized_start=2227
+  _PHASESTATS_FAILURESBYERRORTYPEENTRY._serialized_end=2297
+  _ADMINSERVICE._serialized_start=2300
+  _ADMINSERVICE._serialized_end=2743
 # @@protoc_insertion_point(module_scope)

@@ -143,3 +143,29 @@ class RetryJobResponse(_message.Message):
     JOB_FIELD_NUMBER: _ClassVar[int]
     job: _types_pb2.Job
     def __init__(self, job: _Optional[_Union[_types_pb2.Job, _Mapping]] = ...) -> None: ...
+
+class RetryJobsRequest(_message.Message):
+    __slots__ = ["dry_run", "error_types", "failed_since", "page_size", "page_token", "phase"]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    ERROR_TYPES_FIELD_NUMBER: _ClassVar[int]
+    FAILED_SINCE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    dry_run: bool
+    error_types: _containers.RepeatedScalarFieldContainer[str]
+    failed_since: _timestamp_pb2.Timestamp
+    page_size: int
+    page_token: str
+    phase: str
+    def __init__(self, phase: _Optional[str] = ..., error_types: _Optional[_Iterable[str]] = ..., failed_since: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., dry_run: bool = ...) -> None: ...
+
+class RetryJobsResponse(_message.Message):
+    __slots__ = ["jobs", "next_page_token", "skipped_job_ids"]
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[JobSummary]
+    next_page_token: str
+    skipped_job_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobSummary, _Mapping]]] = ..., skipped_job_ids: _Optional[_Iterable[str]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

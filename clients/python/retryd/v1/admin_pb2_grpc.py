@@ -20,6 +20,11 @@ class AdminServiceStub(object):
                 request_serializer=retryd_dot_v1_dot_admin__pb2.RetryJobRequest.SerializeToString,
                 response_deserializer=retryd_dot_v1_dot_admin__pb2.RetryJobResponse.FromString,
                 )
+        self.RetryJobs = channel.unary_unary(
+                '/retryd.v1.AdminService/RetryJobs',
+                request_serializer=retryd_dot_v1_dot_admin__pb2.RetryJobsRequest.SerializeToString,
+                response_deserializer=retryd_dot_v1_dot_admin__pb2.RetryJobsResponse.FromString,
+                )
         self.CancelJob = channel.unary_unary(
                 '/retryd.v1.AdminService/CancelJob',
                 request_serializer=retryd_dot_v1_dot_admin__pb2.CancelJobRequest.SerializeToString,
@@ -50,6 +55,17 @@ class AdminServiceServicer(object):
         """RetryJob re-drives a failed job: the phase is dispatched now with
         retry_count 0 and that phase's stored payload, in a new cycle. Only a
         job in JOB_STATE_FAILED may be retried (otherwise FAILED_PRECONDITION).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryJobs(self, request, context):
+        """RetryJobs re-drives failed jobs in bulk (after an outage or a bad
+        deploy made many give up): the failed jobs that match its filters,
+        newest first, each as RetryJob would (from the phase of its latest
+        failed attempt). At most page_size failed jobs are examined per call;
+        continue with next_page_token. dry_run lists them without retrying.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -90,6 +106,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RetryJob,
                     request_deserializer=retryd_dot_v1_dot_admin__pb2.RetryJobRequest.FromString,
                     response_serializer=retryd_dot_v1_dot_admin__pb2.RetryJobResponse.SerializeToString,
+            ),
+            'RetryJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryJobs,
+                    request_deserializer=retryd_dot_v1_dot_admin__pb2.RetryJobsRequest.FromString,
+                    response_serializer=retryd_dot_v1_dot_admin__pb2.RetryJobsResponse.SerializeToString,
             ),
             'CancelJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelJob,
@@ -136,6 +157,23 @@ class AdminService(object):
         return grpc.experimental.unary_unary(request, target, '/retryd.v1.AdminService/RetryJob',
             retryd_dot_v1_dot_admin__pb2.RetryJobRequest.SerializeToString,
             retryd_dot_v1_dot_admin__pb2.RetryJobResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def RetryJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/retryd.v1.AdminService/RetryJobs',
+            retryd_dot_v1_dot_admin__pb2.RetryJobsRequest.SerializeToString,
+            retryd_dot_v1_dot_admin__pb2.RetryJobsResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
