@@ -139,11 +139,11 @@ type Server struct {
 	cfg     config
 	runDir  string // short directory holding the socket, config and log
 	dataDir string
-	socket  string // unix socket path, or ""
-	port    int    // TCP port, or 0
-	busPort int    // cluster bus port, or 0
-	tlsPort int    // TLS port, or 0
-	tlsConf []string
+	socket  string   // unix socket path, or ""
+	port    int      // TCP port, or 0
+	busPort int      // cluster bus port, or 0
+	tlsPort int      // TLS port, or 0
+	tlsConf []string // the TLS option's redis.conf lines (certificate files in runDir)
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
