@@ -59,23 +59,14 @@ func (s *adminService) RetryJobs(ctx context.Context, req *retrydv1.RetryJobsReq
 		v.text(fmt.Sprintf("error_types[%d]", i), t, MaxErrorTypeBytes)
 	}
 	v.timestamp("failed_since", req.GetFailedSince())
-	if req.GetPageSize() > MaxPageSize {
-		v.add("page_size", "is %d, the limit is %d", req.GetPageSize(), MaxPageSize)
-	}
-	if len(req.GetPageToken()) > MaxPageTokenBytes {
-		v.add("page_token", "is %d bytes, the limit is %d", len(req.GetPageToken()), MaxPageTokenBytes)
-	}
+	v.page(req.GetPageSize(), req.GetPageToken())
 	if err := v.err(); err != nil {
 		return nil, err
-	}
-	size := int(req.GetPageSize())
-	if size == 0 {
-		size = DefaultPageSize
 	}
 	page, err := s.store.ListJobs(ctx, store.ListQuery{
 		State:  store.StateFailed,
 		Phase:  req.GetPhase(),
-		Limit:  size,
+		Limit:  pageSize(req.GetPageSize()),
 		Cursor: req.GetPageToken(),
 	})
 	if err != nil {
@@ -162,12 +153,7 @@ func (s *adminService) ListJobs(ctx context.Context, req *retrydv1.ListJobsReque
 		v.add("state", "%d is not a JobState", req.GetState())
 	}
 	v.phase("phase", req.GetPhase(), false)
-	if req.GetPageSize() > MaxPageSize {
-		v.add("page_size", "is %d, the limit is %d", req.GetPageSize(), MaxPageSize)
-	}
-	if len(req.GetPageToken()) > MaxPageTokenBytes {
-		v.add("page_token", "is %d bytes, the limit is %d", len(req.GetPageToken()), MaxPageTokenBytes)
-	}
+	v.page(req.GetPageSize(), req.GetPageToken())
 	if req.GetInBackoff() && req.GetState() != retrydv1.JobState_JOB_STATE_UNSPECIFIED &&
 		req.GetState() != retrydv1.JobState_JOB_STATE_PROCESSING {
 		v.add("in_backoff", "only processing jobs are in backoff; drop state or ask for JOB_STATE_PROCESSING")
@@ -175,15 +161,11 @@ func (s *adminService) ListJobs(ctx context.Context, req *retrydv1.ListJobsReque
 	if err := v.err(); err != nil {
 		return nil, err
 	}
-	size := int(req.GetPageSize())
-	if size == 0 {
-		size = DefaultPageSize
-	}
 	page, err := s.store.ListJobs(ctx, store.ListQuery{
 		State:     stateFromProto(req.GetState()),
 		Phase:     req.GetPhase(),
 		InBackoff: req.GetInBackoff(),
-		Limit:     size,
+		Limit:     pageSize(req.GetPageSize()),
 		Cursor:    req.GetPageToken(),
 	})
 	if err != nil {

@@ -243,6 +243,24 @@ func (v *violations) duration(field string, d *durationpb.Duration, lo, hi time.
 	}
 }
 
+// page checks a listing's page_size and page_token.
+func (v *violations) page(size uint32, token string) {
+	if size > MaxPageSize {
+		v.add("page_size", "is %d, the limit is %d", size, MaxPageSize)
+	}
+	if len(token) > MaxPageTokenBytes {
+		v.add("page_token", "is %d bytes, the limit is %d", len(token), MaxPageTokenBytes)
+	}
+}
+
+// pageSize is a checked page_size, DefaultPageSize for 0.
+func pageSize(n uint32) int {
+	if n == 0 {
+		return DefaultPageSize
+	}
+	return int(n)
+}
+
 func (v *violations) text(field, s string, limit int) {
 	if len(s) > limit {
 		v.add(field, "is %d bytes, the limit is %d", len(s), limit)
