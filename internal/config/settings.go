@@ -81,21 +81,10 @@ var settings = []setting{
 			}
 			return checkHostPort(s)
 		}),
-	{
-		group: "Server", flag: "metrics-pprof", env: "RETRYD_METRICS_PPROF", key: "metrics_pprof",
-		boolean: true,
-		help: "Also serve Go's profiler (/debug/pprof/) on --metrics-listen, for a CPU or heap profile of a " +
+	boolSetting("Server", "metrics-pprof", "RETRYD_METRICS_PPROF", "metrics_pprof",
+		"Also serve Go's profiler (/debug/pprof/) on --metrics-listen, for a CPU or heap profile of a "+
 			"running retryd. Off by default: profiles show internals, and a CPU profile costs CPU while it runs.",
-		show: func(c *Config) string { return strconv.FormatBool(c.MetricsPprof) },
-		set: func(c *Config, _ string, v []string) error {
-			b, err := strconv.ParseBool(strings.TrimSpace(v[0]))
-			if err != nil {
-				return errors.New("not true or false")
-			}
-			c.MetricsPprof = b
-			return nil
-		},
-	},
+		func(c *Config) *bool { return &c.MetricsPprof }),
 	durationSetting("Server", "heartbeat-interval", "RETRYD_HEARTBEAT_INTERVAL", "heartbeat_interval",
 		"How often an idle Dispatch stream gets a heartbeat.",
 		func(c *Config) *time.Duration { return &c.HeartbeatInterval }, checkPositive),
@@ -171,21 +160,10 @@ var settings = []setting{
 		"Most failed, completed and canceled jobs kept, whatever their age: beyond it the least recently "+
 			"updated are removed (counted in retryd_jobs_expired_total{reason=\"count\"}). 0: no count bound.",
 		func(c *Config) *int { return &c.MaxTerminalJobs }, checkMaxTerminalJobs),
-	{
-		group: "Store", flag: "redis-allow-eviction", env: "RETRYD_REDIS_ALLOW_EVICTION", key: "redis_allow_eviction",
-		boolean: true,
-		help: "Run on a Redis whose maxmemory-policy is not noeviction. Without it retryd refuses to start " +
+	boolSetting("Store", "redis-allow-eviction", "RETRYD_REDIS_ALLOW_EVICTION", "redis_allow_eviction",
+		"Run on a Redis whose maxmemory-policy is not noeviction. Without it retryd refuses to start "+
 			"there: an evicted key is a silently lost retry. A switch: =false turns it off again.",
-		show: func(c *Config) string { return strconv.FormatBool(c.RedisAllowEviction) },
-		set: func(c *Config, _ string, v []string) error {
-			b, err := strconv.ParseBool(strings.TrimSpace(v[0]))
-			if err != nil {
-				return errors.New("not true or false")
-			}
-			c.RedisAllowEviction = b
-			return nil
-		},
-	},
+		func(c *Config) *bool { return &c.RedisAllowEviction }),
 	{
 		group: "Store", flag: "redis-durability", env: "RETRYD_REDIS_DURABILITY", key: "redis_durability", arg: "MODE",
 		help: "async: a report is acknowledged once Redis applied it (its persistence decides what a crash loses). " +
@@ -336,22 +314,11 @@ var settings = []setting{
 	namesSetting("tls-worker-names", "RETRYD_TLS_WORKER_NAMES", "tls_worker_names",
 		`Client certificate names given the worker role; "" means every other certificate the client CA signed.`,
 		func(c *Config) *[]string { return &c.Auth.TLSWorkerNames }),
-	{
-		group: "Authentication", flag: "allow-unauthenticated", env: "RETRYD_ALLOW_UNAUTHENTICATED", key: "allow_unauthenticated",
-		boolean: true,
-		help: "Serve beyond loopback (0.0.0.0, a pod IP) without any credential configured. Without it retryd " +
-			"refuses, as Redis's protected mode does: use it only when something else keeps strangers out. " +
+	boolSetting("Authentication", "allow-unauthenticated", "RETRYD_ALLOW_UNAUTHENTICATED", "allow_unauthenticated",
+		"Serve beyond loopback (0.0.0.0, a pod IP) without any credential configured. Without it retryd "+
+			"refuses, as Redis's protected mode does: use it only when something else keeps strangers out. "+
 			"A switch: --allow-unauthenticated=false turns it off again.",
-		show: func(c *Config) string { return strconv.FormatBool(c.Auth.AllowUnauthenticated) },
-		set: func(c *Config, _ string, v []string) error {
-			b, err := strconv.ParseBool(strings.TrimSpace(v[0]))
-			if err != nil {
-				return errors.New("not true or false")
-			}
-			c.Auth.AllowUnauthenticated = b
-			return nil
-		},
-	},
+		func(c *Config) *bool { return &c.Auth.AllowUnauthenticated }),
 
 	// Logging.
 	{
@@ -390,6 +357,23 @@ func stringSetting(group, flag, env, key, arg, help string, field func(*Config) 
 			return check(*field(c))
 		},
 		check: func(c *Config) error { return check(*field(c)) },
+	}
+}
+
+// boolSetting is a switch: a flag without a value (--name, or --name=false
+// to turn it off again), true/false in the environment and the file.
+func boolSetting(group, flag, env, key, help string, field func(*Config) *bool) setting {
+	return setting{
+		group: group, flag: flag, env: env, key: key, help: help, boolean: true,
+		show: func(c *Config) string { return strconv.FormatBool(*field(c)) },
+		set: func(c *Config, _ string, v []string) error {
+			b, err := strconv.ParseBool(strings.TrimSpace(v[0]))
+			if err != nil {
+				return errors.New("not true or false")
+			}
+			*field(c) = b
+			return nil
+		},
 	}
 }
 
