@@ -11,6 +11,8 @@ import (
 	"slices"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
+
 	"github.com/retryd/retryd/store"
 )
 
@@ -119,19 +121,30 @@ func (s *Store) Claim(ctx context.Context, c store.ClaimRequest) ([]store.Task, 
 func (t *txn) anyDue(phases []string, nowUS int64) (bool, error) {
 	cur := t.due.Cursor()
 	for _, phase := range phases {
-		prefix := duePrefix(phase)
-		k, _ := cur.Seek(prefix)
-		if k == nil || !bytes.HasPrefix(k, prefix) {
-			continue
+		due, ok, err := firstDue(cur, phase)
+		if err != nil {
+			return false, err
 		}
-		if len(k) < len(prefix)+8 {
-			return false, fmt.Errorf("%w: due key %q is too short", errCorrupt, k)
-		}
-		if readTime(k[len(prefix):]) <= nowUS {
+		if ok && due <= nowUS {
 			return true, nil
 		}
 	}
 	return false, nil
+}
+
+// firstDue is the earliest due time (Unix µs) of phase's scheduled
+// attempts, read off the due index (ordered by phase, then time); false
+// when the phase has none.
+func firstDue(cur *bolt.Cursor, phase string) (int64, bool, error) {
+	prefix := duePrefix(phase)
+	k, _ := cur.Seek(prefix)
+	if k == nil || !bytes.HasPrefix(k, prefix) {
+		return 0, false, nil
+	}
+	if len(k) < len(prefix)+8 {
+		return 0, false, fmt.Errorf("%w: due key %q is too short", errCorrupt, k)
+	}
+	return readTime(k[len(prefix):]), true, nil
 }
 
 // leased reads the job and checks that leaseID is its current lease.
@@ -271,15 +284,11 @@ func (s *Store) NextDue(ctx context.Context, phases []string) (time.Time, bool, 
 		first, found = 0, false
 		cur := t.due.Cursor()
 		for _, phase := range phases {
-			prefix := duePrefix(phase)
-			k, _ := cur.Seek(prefix)
-			if k == nil || !bytes.HasPrefix(k, prefix) {
-				continue
+			due, ok, err := firstDue(cur, phase)
+			if err != nil {
+				return err
 			}
-			if len(k) < len(prefix)+8 {
-				return fmt.Errorf("%w: due key %q is too short", errCorrupt, k)
-			}
-			if due := readTime(k[len(prefix):]); !found || due < first {
+			if ok && (!found || due < first) {
 				first, found = due, true
 			}
 		}
