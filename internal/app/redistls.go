@@ -1,7 +1,6 @@
 package app
 
 import (
-	"crypto/tls"
 	"log/slog"
 
 	"github.com/retryd/retryd/internal/config"
@@ -31,7 +30,7 @@ func redisTLS(cfg config.Config, log *slog.Logger) (*redisstore.ClientTLS, error
 		if err != nil {
 			return nil, err
 		}
-		ct.ClientCertificate = func() *tls.Certificate { return pair.Get() }
+		ct.ClientCertificate = pair.Get
 	}
 	return ct, nil
 }
